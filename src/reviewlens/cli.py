@@ -1,0 +1,211 @@
+"""The ``reviewlens`` command line (Typer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import ReviewlensError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Korean product reviews into keywords, per-keyword sentiment and the words behind them.")
+base_app = typer.Typer(no_args_is_help=True, help="Offline base models built from installed packages.")
+app.add_typer(base_app, name="base")
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Bundle directory (default: the bundled default model).")
+SeedOpt = typer.Option(42, "--seed", help="Random seed.")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    handler = RichHandler(show_path=False, console=Console(stderr=True))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[handler], force=True)
+    for noisy in ("httpx", "urllib3", "filelock", "transformers.modeling_utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="Labeled reviews: CSV/JSONL/Parquet, NIKL or AIHub jsonl."),
+    model_out: Path = typer.Option(..., "--model-out", help="Directory to write the bundle to."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file setting any TrainConfig field."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model: hub name, local path or offline base."),
+    validation_data: Optional[Path] = typer.Option(None, "--validation-data", help="Labeled validation file "
+                                                   "(default: a stratified split of --data)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs of both models."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 42)."),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help="Trainer report_to (none, wandb, ...)."),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Load the good rows, write rejects aside."),
+    allow_new_keywords: bool = typer.Option(False, "--allow-new-keywords", help="Grow the schema on new keywords."),
+) -> None:
+    """Train the keyword and sentiment models and write a bundle."""
+    from .data import read_reviews
+    from .training import TrainConfig, train as train_bundle
+
+    try:
+        overrides = {"base": base, "seed": seed, "report_to": report_to}
+        if epochs is not None:
+            overrides.update(keyword_epochs=epochs, sentiment_epochs=epochs)
+        cfg = TrainConfig.from_yaml(config, **overrides)
+        dataset = read_reviews(data, skip_bad_rows=skip_bad_rows, allow_new_keywords=allow_new_keywords,
+                               require_labels=True, aliases=cfg.aliases or None, levels=cfg.levels)
+        validation = None
+        if validation_data is not None:
+            validation = read_reviews(validation_data, schema=dataset.schema, skip_bad_rows=skip_bad_rows,
+                                      allow_new_keywords=allow_new_keywords, require_labels=True,
+                                      aliases=cfg.aliases or None)
+        bundle = train_bundle(dataset, model_out, cfg, validation=validation)
+    except ReviewlensError as exc:
+        _fail(exc)
+    typer.echo(f"bundle written to {model_out}")
+    if bundle.metrics:
+        typer.echo(json.dumps(bundle.metrics, ensure_ascii=False, indent=2))
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Option(..., "--data", help="Labeled reviews in any format the readers take."),
+    model: Optional[Path] = ModelOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON on stdout."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Directory for report.json, report.md, "
+                                          "confusion.png (default: next to nothing; printed only)."),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows"),
+) -> None:
+    """Classification reports for keywords and sentiment, and the pipeline pair F1."""
+    from .evaluation import evaluate_bundle
+
+    try:
+        result = evaluate_bundle(model, data, skip_bad_rows=skip_bad_rows)
+    except ReviewlensError as exc:
+        _fail(exc)
+    if output is not None:
+        paths = result.write(output)
+        typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        typer.echo(result.to_markdown())
+
+
+def _analysis_rows(results) -> list[dict]:
+    rows = []
+    for r in results:
+        rows.append({"id": r.id or "", "text": r.text, "completion": r.completion(),
+                     "keywords": json.dumps([k.to_dict() for k in r.keywords], ensure_ascii=False)})
+    return rows
+
+
+def print_table(results) -> None:
+    """A readable table: review, keyword, sentiment, probability, highlighted words."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=True)
+    for col in ("review", "keyword", "sentiment", "prob", "keyword words", "sentiment words"):
+        table.add_column(col)
+    for r in results:
+        text = r.text if len(r.text) <= 60 else r.text[:57] + "..."
+        if not r.keywords:
+            table.add_row(text, "-", "", "", "", "")
+        for n, k in enumerate(r.keywords):
+            table.add_row(text if n == 0 else "", k.keyword, f"{k.level:+d}" if k.level else "0",
+                          f"{k.probability:.2f}", " ".join(h.word for h in k.highlights),
+                          " ".join(h.word for h in k.sentiment_highlights))
+    Console(width=max(120, Console().width)).print(table)
+
+
+@app.command()
+def analyze(
+    texts: Optional[list[str]] = typer.Argument(None, help="Reviews to analyse."),
+    model: Optional[Path] = ModelOpt,
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="File of reviews (labels ignored)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results here."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json | jsonl | csv"),
+    highlights: bool = typer.Option(True, "--highlights/--no-highlights", help="Compute highlighted words."),
+    top_k: int = typer.Option(3, "--top-k", help="Highlighted words per keyword."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    chunk_size: int = typer.Option(256, "--chunk-size", help="Reviews per progress step."),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows"),
+) -> None:
+    """Keywords, sentiment and highlights of reviews given as arguments or in a file."""
+    from tqdm import tqdm
+
+    from .analyzer import ReviewAnalyzer
+    from .data import atomic_write_text, read_texts
+
+    if fmt not in ("table", "json", "jsonl", "csv"):
+        _fail(ReviewlensError(f"--format must be table, json, jsonl or csv, not {fmt!r}"))
+    try:
+        if input is not None:
+            ids, items = read_texts(input, skip_bad_rows=skip_bad_rows)
+        elif texts:
+            ids, items = None, list(texts)
+        elif not sys.stdin.isatty():
+            items = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+            ids = None
+        else:
+            raise ReviewlensError("give reviews as arguments, --input FILE, or on stdin")
+        analyzer = ReviewAnalyzer.from_pretrained(model, batch_size=batch_size)
+        results = []
+        for start in tqdm(range(0, len(items), chunk_size), desc="analyze", unit="chunk", disable=len(items) <= chunk_size,
+                          file=sys.stderr):
+            chunk_ids = ids[start:start + chunk_size] if ids is not None else None
+            results += analyzer.analyze(items[start:start + chunk_size], highlights=highlights, top_k=top_k,
+                                        ids=chunk_ids)
+    except ReviewlensError as exc:
+        _fail(exc)
+    if fmt == "table":
+        if output is not None:
+            _fail(ReviewlensError("--format table prints to the terminal; use json, jsonl or csv with --output"))
+        print_table(results)
+        return
+    if fmt == "json":
+        text = json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=2)
+    elif fmt == "jsonl":
+        text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results)
+    else:
+        import pandas as pd
+
+        text = pd.DataFrame(_analysis_rows(results), columns=["id", "text", "completion", "keywords"]).to_csv(index=False)
+    if output is not None:
+        atomic_write_text(output, text)
+        typer.echo(f"wrote {len(results)} result(s) to {output}", err=True)
+    else:
+        typer.echo(text, nl=False)
+
+
+@base_app.command("prepare")
+def base_prepare(
+    name: str = typer.Argument("multilingual-e5-small", help="Offline base to build."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if it is there."),
+) -> None:
+    """Build an offline base model folder from installed packages (and verify it)."""
+    from .bases import prepare_base
+
+    try:
+        path = prepare_base(name, force=force)
+    except ReviewlensError as exc:
+        _fail(exc)
+    typer.echo(str(path))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,139 @@
+"""Evaluate a bundle on labeled data: keyword, sentiment and pipeline reports, as JSON, Markdown and PNG."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .calibration import apply_thresholds
+from .data import ReviewDataset
+from .metrics import (category_f1, keyword_report, pair_f1, report_markdown, sentiment_confusion,
+                      sentiment_report)
+
+
+def _headline(report: dict, average: str = "micro") -> dict:
+    """A report with the chosen average's precision/recall/f1 lifted to the top."""
+    avg = report.get(average, {})
+    return {"precision": avg.get("precision", 0.0), "recall": avg.get("recall", 0.0), "f1": avg.get("f1", 0.0),
+            **report}
+
+
+@dataclass
+class EvaluationResult:
+    """Reports of one evaluation. Top-level precision/recall/f1 of each report are micro averages."""
+
+    keywords: dict
+    sentiment: dict
+    pipeline: dict
+    confusion: np.ndarray
+    level_names: list[str]
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"keywords": self.keywords, "sentiment": self.sentiment, "pipeline": self.pipeline,
+                "sentiment_confusion": {"levels": self.level_names, "matrix": self.confusion.tolist()}, **self.extra}
+
+    def summary(self) -> dict:
+        """The headline numbers stored in a bundle's reviewlens.json."""
+        return {
+            "keyword_micro_f1": self.keywords["micro"]["f1"], "keyword_macro_f1": self.keywords["macro"]["f1"],
+            "keyword_samples_f1": self.keywords.get("samples", {}).get("f1", 0.0),
+            "sentiment_macro_f1": self.sentiment["macro"]["f1"], "sentiment_micro_f1": self.sentiment["micro"]["f1"],
+            "category_f1": self.pipeline["category"]["f1"], "pipeline_f1": self.pipeline["f1"],
+        }
+
+    def to_markdown(self) -> str:
+        parts = ["## Evaluation", "", f"Pipeline (keyword, level) pairs: precision {self.pipeline['precision']:.3f}, "
+                 f"recall {self.pipeline['recall']:.3f}, **F1 {self.pipeline['f1']:.3f}**; keywords alone F1 "
+                 f"{self.pipeline['category']['f1']:.3f}.", "",
+                 report_markdown("Keywords", self.keywords), report_markdown("Sentiment (on gold keywords)",
+                                                                             self.sentiment)]
+        return "\n".join(parts)
+
+    def save_confusion_png(self, path: str | Path, title: str = "Sentiment confusion (gold keywords)") -> Path:
+        """Write the sentiment confusion matrix as a PNG."""
+        from .plotting import confusion_png
+
+        return confusion_png(self.confusion, self.level_names, path, title)
+
+    def write(self, directory: str | Path) -> dict[str, Path]:
+        """Write report.json, report.md and confusion.png into ``directory``."""
+        from .data import atomic_write_text
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = {"json": directory / "report.json", "markdown": directory / "report.md",
+                 "confusion": directory / "confusion.png"}
+        atomic_write_text(paths["json"], json.dumps(self.to_dict(), ensure_ascii=False, indent=2))
+        atomic_write_text(paths["markdown"], self.to_markdown())
+        self.save_confusion_png(paths["confusion"])
+        return paths
+
+
+def evaluate_predictions(dataset: ReviewDataset, predicted_labels: list[dict[str, int]],
+                         gold_pair_levels: list[int] | None = None) -> dict:
+    """Keyword and pipeline reports from predicted label dicts (any model kind)."""
+    schema = dataset.schema
+    gold = [r.labels or {} for r in dataset.reviews]
+    k = schema.num_keywords
+    y_true = np.zeros((len(gold), k), dtype=int)
+    y_pred = np.zeros((len(gold), k), dtype=int)
+    for i, (g, p) in enumerate(zip(gold, predicted_labels)):
+        for kw in g:
+            y_true[i, schema.keyword_index(kw)] = 1
+        for kw in p:
+            if kw in schema.keywords:
+                y_pred[i, schema.keywords.index(kw)] = 1
+    pipeline = pair_f1(gold, predicted_labels)
+    pipeline["category"] = category_f1(gold, predicted_labels)
+    return {"keywords": _headline(keyword_report(y_true, y_pred, schema.keywords)), "pipeline": pipeline}
+
+
+def evaluate_scorer(scorer, dataset: ReviewDataset, thresholds: dict[str, float],
+                    keyword_probs: np.ndarray | None = None) -> EvaluationResult:
+    """Run the pipeline on ``dataset`` and compare with its labels."""
+    schema = dataset.schema
+    texts = dataset.texts
+    probs = scorer.keyword_probs(texts) if keyword_probs is None else keyword_probs
+    chosen = apply_thresholds(probs, schema.keywords, thresholds)
+    gold = [r.labels or {} for r in dataset.reviews]
+    gold_pairs = [(i, kw) for i, g in enumerate(gold) for kw in g]
+    pred_pairs = [(i, schema.keywords[k]) for i in range(len(texts)) for k in np.flatnonzero(chosen[i])]
+    pairs = sorted(set(gold_pairs) | set(pred_pairs))
+    dists = scorer.sentiment_probs([texts[i] for i, _ in pairs], [kw for _, kw in pairs]) if pairs else None
+    level_of = {pair: int(np.argmax(dists[j])) for j, pair in enumerate(pairs)}
+    predicted = [dict() for _ in texts]
+    for i, kw in pred_pairs:
+        predicted[i][kw] = schema.levels[level_of[(i, kw)]]
+    result = evaluate_predictions(dataset, predicted)
+    y_true = [schema.level_index(gold[i][kw]) for i, kw in gold_pairs]
+    y_pred = [level_of[p] for p in gold_pairs]
+    names = schema.level_names()
+    sentiment = _headline(sentiment_report(y_true, y_pred, names))
+    return EvaluationResult(result["keywords"], sentiment, result["pipeline"],
+                            sentiment_confusion(y_true, y_pred, len(names)), names)
+
+
+def evaluate_bundle(model: str | Path | None, data, *, skip_bad_rows: bool = False,
+                    analyzer=None) -> EvaluationResult:
+    """Evaluate a bundle directory (or a loaded analyzer) on a labeled file or ReviewDataset."""
+    from .analyzer import ReviewAnalyzer
+    from .data import read_reviews
+    from .errors import ReviewlensError
+
+    analyzer = analyzer or ReviewAnalyzer.from_pretrained(model)
+    schema = analyzer.schema
+    if isinstance(data, ReviewDataset):
+        dataset = data
+    else:
+        dataset = read_reviews(data, schema=schema, skip_bad_rows=skip_bad_rows, require_labels=True,
+                               aliases=schema.aliases or None)
+    if not dataset.labeled:
+        raise ReviewlensError(f"{dataset.source}: evaluation needs labels on every review")
+    dataset.schema = schema
+    if hasattr(analyzer, "evaluate"):  # a generative bundle evaluates through its own decoding
+        return analyzer.evaluate(dataset)
+    return evaluate_scorer(analyzer.scorer, dataset, analyzer.bundle.thresholds)

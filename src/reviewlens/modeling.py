@@ -1,0 +1,186 @@
+"""Build, save and load the classifiers: a base encoder with a keyword (multi-label) or sentiment head.
+
+Two poolings:
+- ``cls``: ``AutoModelForSequenceClassification`` as is (the seed's RoBERTa set-up);
+- ``mean``: the encoder's hidden states averaged over the attention mask, then a linear head. Bases
+  trained as sentence encoders (e5) have no trained pooler, and a fresh pooler taught only the label prior.
+
+A model directory holds the encoder (full weights, or a LoRA adapter over a named base), the head and
+``head.json``; ``load_classifier`` reads any of them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .errors import ModelError, require
+
+MULTI_LABEL = "multi_label_classification"
+SINGLE_LABEL = "single_label_classification"
+HEAD_FILE = "head.json"
+
+
+@dataclass
+class HeadConfig:
+    """What sits on top of the encoder."""
+
+    num_labels: int
+    problem_type: str
+    pooling: str = "cls"
+    dropout: float = 0.1
+    labels: list[str] = field(default_factory=list)
+    base: str = ""
+    lora: bool = False
+
+
+def resolve_base(name_or_path: str) -> str:
+    """A prepared offline base's folder, a local path, or a hub name unchanged."""
+    from . import bases
+
+    return bases.resolve_base(name_or_path)
+
+
+class MeanPoolingClassifier(nn.Module):
+    """Encoder, masked mean pooling, dropout and a linear head."""
+
+    def __init__(self, encoder: nn.Module, head: HeadConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head_config = head
+        self.config = encoder.config
+        self.dropout = nn.Dropout(head.dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, head.num_labels)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **_):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(**kwargs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        logits = self.classifier(self.dropout(pooled))
+        loss = default_loss(logits, labels, self.head_config.problem_type) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def default_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> torch.Tensor:
+    """BCE with logits for multi-label heads, cross-entropy for single-label heads."""
+    if problem_type == MULTI_LABEL:
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    return nn.functional.cross_entropy(logits, labels.long())
+
+
+def _apply_lora(encoder: nn.Module, r: int, alpha: int | None, dropout: float) -> nn.Module:
+    peft = require("peft", "peft")
+    targets = [n for n in ("query", "key", "value", "dense") if any(n in m for m, _ in encoder.named_modules())]
+    config = peft.LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=dropout, target_modules=targets,
+                             bias="none")
+    return peft.get_peft_model(encoder, config)
+
+
+def load_encoder(path: str | Path) -> nn.Module:
+    """The bare encoder (no pooler: mean pooling does not use it)."""
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type in ("bert", "roberta", "xlm-roberta", "camembert"):
+        return AutoModel.from_pretrained(path, add_pooling_layer=False)
+    return AutoModel.from_pretrained(path)
+
+
+def build_classifier(base: str, num_labels: int, problem_type: str, *, pooling: str = "cls",
+                     labels: list[str] | None = None, dropout: float = 0.1, lora_r: int = 0,
+                     lora_alpha: int | None = None, freeze_embeddings: bool = False):
+    """A fresh classifier and its tokenizer on ``base`` (hub name, local path or offline base name)."""
+    if pooling not in ("cls", "mean"):
+        raise ModelError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
+    path = resolve_base(base)
+    labels = list(labels or [str(i) for i in range(num_labels)])
+    id2label = dict(enumerate(labels))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if pooling == "cls":
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, problem_type=problem_type, id2label=id2label,
+                label2id={v: k for k, v in id2label.items()})
+            encoder = getattr(model, model.base_model_prefix)
+        else:
+            encoder = load_encoder(path)
+    except OSError as exc:
+        raise ModelError(f"cannot load base model {base!r}: {exc}. A hub name needs internet; offline, pass a "
+                         "local path or run `reviewlens base prepare multilingual-e5-small`.") from exc
+    if freeze_embeddings:
+        encoder.get_input_embeddings().weight.requires_grad_(False)
+    head = HeadConfig(num_labels, problem_type, pooling, dropout, labels, base, lora=lora_r > 0)
+    if pooling == "cls":
+        if lora_r:
+            raise ModelError("LoRA is supported with pooling 'mean' (the adapter-over-base bundle layout)")
+        model.head_config = head
+        return model, tokenizer
+    if lora_r:
+        encoder = _apply_lora(encoder, lora_r, lora_alpha, dropout)
+    encoder.config.problem_type = problem_type
+    return MeanPoolingClassifier(encoder, head), tokenizer
+
+
+def save_classifier(model: nn.Module, tokenizer, directory: str | Path) -> None:
+    """Write a classifier and its tokenizer into ``directory`` (which must exist)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    tokenizer.save_pretrained(directory)
+    head: HeadConfig = getattr(model, "head_config")
+    if isinstance(model, MeanPoolingClassifier):
+        if head.lora:
+            model.encoder.save_pretrained(directory / "adapter")
+        else:
+            model.encoder.save_pretrained(directory)
+        state = {f"classifier.{k}": v.detach().contiguous() for k, v in model.classifier.state_dict().items()}
+        save_file(state, str(directory / "head.safetensors"))
+    else:
+        model.save_pretrained(directory)
+    (directory / HEAD_FILE).write_text(json.dumps(asdict(head), ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def load_classifier(directory: str | Path, device: str | torch.device = "cpu"):
+    """Load a classifier written by ``save_classifier``; returns (model in eval mode, tokenizer)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    head_file = directory / HEAD_FILE
+    if not head_file.exists():
+        raise ModelError(f"{directory}: not a reviewlens classifier directory ({HEAD_FILE} is missing)")
+    head = HeadConfig(**json.loads(head_file.read_text(encoding="utf-8")))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if head.pooling == "cls":
+        model = AutoModelForSequenceClassification.from_pretrained(directory)
+    else:
+        if head.lora:
+            peft = require("peft", "peft")
+            base = load_encoder(resolve_base(head.base))
+            encoder = peft.PeftModel.from_pretrained(base, directory / "adapter").merge_and_unload()
+            head.lora = False  # merged: from here on it is a full model, saved as full weights
+        else:
+            encoder = load_encoder(directory)
+        model = MeanPoolingClassifier(encoder, head)
+        state = load_file(str(directory / "head.safetensors"))
+        model.classifier.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()})
+    model.head_config = head
+    return model.to(device).eval(), tokenizer
+
+
+def max_input_length(model: nn.Module, tokenizer, cap: int = 512) -> int:
+    """The longest input the model takes: position embeddings (less RoBERTa's offset) and the tokenizer's limit."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", cap) or cap
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2
+    tok_limit = getattr(tokenizer, "model_max_length", limit) or limit
+    return int(min(limit, tok_limit if tok_limit < 1e6 else limit, cap))

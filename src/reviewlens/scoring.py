@@ -1,0 +1,133 @@
+"""Scorers: turn texts into keyword and sentiment probabilities, in length-sorted batches.
+
+The analyzer, the highlights and the evaluation only talk to a ``Scorer``; the torch scorer here and
+the onnxruntime scorer of ``reviewlens.compress`` differ only in ``_logits``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from .tasks import SENTIMENT_TEMPLATE, sentiment_input
+
+logger = logging.getLogger(__name__)
+
+KEYWORD, SENTIMENT = "keyword", "sentiment"
+
+
+class Scorer(Protocol):
+    """What the analyzer needs from a backend."""
+
+    def keyword_probs(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def sentiment_probs(self, texts: Sequence[str], keywords: Sequence[str]) -> np.ndarray: ...
+
+    def mask_token(self, which: str) -> str: ...
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+class BatchedScorer:
+    """Tokenises, sorts by length, pads per batch and restores the input order; subclasses run the model."""
+
+    def __init__(self, tokenizers: dict[str, object], max_lengths: dict[str, int], *, batch_size: int = 64,
+                 template: str = SENTIMENT_TEMPLATE, max_tokens_per_batch: int = 16384) -> None:
+        self.tokenizers = tokenizers
+        self.max_lengths = max_lengths
+        self.batch_size = batch_size
+        self.template = template
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.truncated = 0
+
+    def _logits(self, which: str, batch: dict[str, np.ndarray]) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def mask_token(self, which: str) -> str:
+        tok = self.tokenizers[which]
+        return tok.mask_token or tok.unk_token or ""
+
+    def logits(self, which: str, texts: Sequence[str]) -> np.ndarray:
+        """Raw logits for ``texts`` in input order."""
+        tokenizer = self.tokenizers[which]
+        if not texts:
+            return np.zeros((0, self.num_outputs(which)), dtype=np.float32)
+        max_length = self.max_lengths[which]
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_attention_mask=False)
+        ids = encoded["input_ids"]
+        n_truncated = sum(len(x) >= max_length for x in ids)
+        if n_truncated:
+            self.truncated += n_truncated
+            logger.debug("%d input(s) truncated to the model's max length of %d tokens", n_truncated, max_length)
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        out: list[np.ndarray | None] = [None] * len(ids)
+        start = 0
+        while start < len(order):
+            # grow the batch while it stays within both the batch size and the padded-token budget
+            end = start + 1
+            while end < len(order) and end - start < self.batch_size and \
+                    (end - start + 1) * len(ids[order[end]]) <= self.max_tokens_per_batch:
+                end += 1
+            chunk = order[start:end]
+            width = max(len(ids[i]) for i in chunk)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            input_ids = np.full((len(chunk), width), pad, dtype=np.int64)
+            attention = np.zeros((len(chunk), width), dtype=np.int64)
+            for row, i in enumerate(chunk):
+                input_ids[row, : len(ids[i])] = ids[i]
+                attention[row, : len(ids[i])] = 1
+            logits = self._logits(which, {"input_ids": input_ids, "attention_mask": attention})
+            for row, i in enumerate(chunk):
+                out[i] = logits[row]
+            start = end
+        return np.stack(out).astype(np.float32)
+
+    def num_outputs(self, which: str) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def keyword_probs(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, K) sigmoid probabilities of every keyword."""
+        return sigmoid(self.logits(KEYWORD, texts))
+
+    def sentiment_probs(self, texts: Sequence[str], keywords: Sequence[str]) -> np.ndarray:
+        """(n, L) softmax distributions over the levels, one row per (text, keyword) pair."""
+        inputs = [sentiment_input(t, k, self.template) for t, k in zip(texts, keywords, strict=True)]
+        return softmax(self.logits(SENTIMENT, inputs))
+
+
+class TorchScorer(BatchedScorer):
+    """Runs the two PyTorch classifiers."""
+
+    def __init__(self, keyword_model, keyword_tokenizer, sentiment_model, sentiment_tokenizer, *,
+                 device: str = "cpu", batch_size: int = 64, template: str = SENTIMENT_TEMPLATE) -> None:
+        from .modeling import max_input_length
+
+        self.models = {KEYWORD: keyword_model.to(device).eval(), SENTIMENT: sentiment_model.to(device).eval()}
+        self.device = device
+        super().__init__(
+            {KEYWORD: keyword_tokenizer, SENTIMENT: sentiment_tokenizer},
+            {KEYWORD: max_input_length(keyword_model, keyword_tokenizer),
+             SENTIMENT: max_input_length(sentiment_model, sentiment_tokenizer)},
+            batch_size=batch_size, template=template)
+
+    def num_outputs(self, which: str) -> int:
+        model = self.models[which]
+        return getattr(model, "head_config", None).num_labels if hasattr(model, "head_config") \
+            else model.config.num_labels
+
+    def _logits(self, which: str, batch: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            tensors = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+            return self.models[which](**tensors).logits.float().cpu().numpy()

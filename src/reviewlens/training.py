@@ -1,0 +1,245 @@
+"""Training of the keyword and sentiment models on ``transformers.Trainer``, and of a whole bundle."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .bundle import ModelBundle
+from .calibration import fit_thresholds
+from .data import ReviewDataset, train_validation_split
+from .errors import ReviewlensError
+from .modeling import MULTI_LABEL, SINGLE_LABEL, build_classifier, max_input_length, save_classifier
+from .tasks import SENTIMENT_TEMPLATE, TEMPLATES, keyword_examples, sentiment_examples
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting, with defaults that work. A YAML file may set any field; CLI flags override."""
+
+    base: str = "klue/roberta-base"
+    pooling: str = "cls"
+    max_length: int = 256
+    keyword_epochs: float = 5.0
+    sentiment_epochs: float = 5.0
+    learning_rate: float = 5e-5
+    head_learning_rate: float | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    dropout: float = 0.1
+    early_stopping_patience: int = 3
+    class_weighted: bool = True
+    label_smoothing: float = 0.0
+    keyword_pos_weight: float | None = None
+    freeze_embeddings: bool = False
+    lora_r: int = 0
+    lora_alpha: int | None = None
+    group_by_length: bool = True
+    validation_size: float = 0.1
+    threshold_min_support: int = 5
+    report_to: str = "none"
+    seed: int = 42
+    aliases: dict[str, str] = field(default_factory=dict)
+    levels: list[int] | None = None
+    logging_steps: int = 50
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, **overrides) -> "TrainConfig":
+        """Defaults, then the YAML file's fields, then the non-None ``overrides``."""
+        values: dict = {}
+        if path is not None:
+            try:
+                loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise ReviewlensError(f"{path}: cannot read the training config: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise ReviewlensError(f"{path}: the training config must be a mapping of field: value")
+            values.update(loaded)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ReviewlensError(f"{path or 'config'}: unknown training setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[dict]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def _encode(tokenizer, texts: list[str], labels: list, max_length: int) -> _ListDataset:
+    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    items = []
+    for i, label in enumerate(labels):
+        item = {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": label}
+        items.append(item)
+    return _ListDataset(items)
+
+
+def _class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, normalised to mean 1 over the classes present, capped at 10."""
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    weights = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+    present = weights[counts > 0]
+    weights = weights / present.mean() if present.size else weights
+    return torch.tensor(np.clip(weights, 0.0, 10.0), dtype=torch.float32)
+
+
+def _loss_function(problem_type: str, config: TrainConfig, class_weights: torch.Tensor | None):
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        if problem_type == MULTI_LABEL:
+            pos_weight = None
+            if config.keyword_pos_weight:
+                pos_weight = torch.full((logits.shape[-1],), float(config.keyword_pos_weight), device=logits.device)
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype),
+                                                                        pos_weight=pos_weight)
+        weight = class_weights.to(logits.device) if class_weights is not None else None
+        return torch.nn.functional.cross_entropy(logits, labels.long(), weight=weight,
+                                                 label_smoothing=config.label_smoothing)
+    return loss
+
+
+def _metrics(problem_type: str):
+    from sklearn.metrics import f1_score
+
+    def compute(pred) -> dict:
+        logits, labels = pred.predictions, pred.label_ids
+        if problem_type == MULTI_LABEL:
+            predicted = (logits > 0).astype(int)
+            return {"f1": f1_score(labels.astype(int), predicted, average="micro", zero_division=0)}
+        return {"f1": f1_score(labels, logits.argmax(-1), average="macro", zero_division=0)}
+    return compute
+
+
+def _optimizer(model, config: TrainConfig):
+    head_lr = config.head_learning_rate or config.learning_rate
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = name.startswith(("classifier", "score", "pre_classifier")) or ".classifier." in f".{name}"
+        decay = 0.0 if param.ndim < 2 else config.weight_decay
+        groups.setdefault((head_lr if is_head else config.learning_rate, decay), []).append(param)
+    return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
+                             lr=config.learning_rate)
+
+
+def _train_one(task: str, texts: list[str], labels: list, val_texts: list[str], val_labels: list,
+               label_names: list[str], problem_type: str, config: TrainConfig, epochs: float, workdir: Path):
+    """Fine-tune one classifier with Trainer; returns (model, tokenizer)."""
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+
+    set_seed(config.seed)
+    model, tokenizer = build_classifier(
+        config.base, len(label_names), problem_type, pooling=config.pooling, labels=label_names,
+        dropout=config.dropout, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+        freeze_embeddings=config.freeze_embeddings)
+    max_length = min(config.max_length, max_input_length(model, tokenizer))
+    train_set = _encode(tokenizer, texts, labels, max_length)
+    has_val = len(val_texts) > 0
+    val_set = _encode(tokenizer, val_texts, val_labels, max_length) if has_val else None
+    class_weights = None
+    if problem_type == SINGLE_LABEL and config.class_weighted:
+        class_weights = _class_weights(labels, len(label_names))
+    args = TrainingArguments(
+        output_dir=str(workdir / task),
+        num_train_epochs=epochs,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,
+        eval_strategy="epoch" if has_val else "no",
+        save_strategy="epoch" if has_val else "no",
+        save_total_limit=2,
+        load_best_model_at_end=has_val,
+        metric_for_best_model="f1" if has_val else None,
+        greater_is_better=True,
+        report_to=config.report_to,
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+    callbacks = [EarlyStoppingCallback(config.early_stopping_patience)] if has_val and config.early_stopping_patience else []
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
+        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_metrics(problem_type) if has_val else None,
+        compute_loss_func=_loss_function(problem_type, config, class_weights),
+        optimizers=(_optimizer(model, config), None), callbacks=callbacks,
+    )
+    trainer.train()
+    model.eval()
+    return model, tokenizer
+
+
+def train_keyword_model(train: ReviewDataset, validation: ReviewDataset, config: TrainConfig, workdir: Path):
+    """The multi-label keyword classifier."""
+    tr, va = keyword_examples(train), keyword_examples(validation)
+    return _train_one("keyword", [e.text for e in tr], [e.targets for e in tr], [e.text for e in va],
+                      [e.targets for e in va], list(train.schema.keywords), MULTI_LABEL, config,
+                      config.keyword_epochs, workdir)
+
+
+def train_sentiment_model(train: ReviewDataset, validation: ReviewDataset, config: TrainConfig, workdir: Path):
+    """The single-label sentiment classifier over (review, keyword) pairs."""
+    tr, va = sentiment_examples(train), sentiment_examples(validation)
+    if not tr:
+        raise ReviewlensError(f"{train.source}: no labeled (review, keyword) pairs to train the sentiment model on")
+    return _train_one("sentiment", [e.text for e in tr], [e.label for e in tr], [e.text for e in va],
+                      [e.label for e in va], train.schema.level_names(), SINGLE_LABEL, config,
+                      config.sentiment_epochs, workdir)
+
+
+def train(dataset: ReviewDataset, output_dir: str | Path, config: TrainConfig | None = None,
+          validation: ReviewDataset | None = None) -> ModelBundle:
+    """Train both models, calibrate keyword thresholds on validation data and save a bundle."""
+    from .evaluation import evaluate_scorer
+    from .scoring import TorchScorer
+
+    config = config or TrainConfig()
+    if not dataset.labeled:
+        raise ReviewlensError(f"{dataset.source}: every training review needs labels")
+    if validation is None:
+        dataset, validation = train_validation_split(dataset, config.validation_size, config.seed)
+    validation.schema = dataset.schema
+    with tempfile.TemporaryDirectory(prefix="reviewlens-train-") as tmp:
+        workdir = Path(tmp)
+        logger.info("training the keyword model on %d reviews", len(dataset))
+        kw_model, kw_tok = train_keyword_model(dataset, validation, config, workdir)
+        logger.info("training the sentiment model")
+        st_model, st_tok = train_sentiment_model(dataset, validation, config, workdir)
+    scorer = TorchScorer(kw_model, kw_tok, st_model, st_tok, template=SENTIMENT_TEMPLATE)
+    thresholds, metrics = {}, {}
+    if len(validation):
+        probs = scorer.keyword_probs(validation.texts)
+        truth = np.array([e.targets for e in keyword_examples(validation)])
+        thresholds = fit_thresholds(probs, truth, dataset.schema.keywords, config.threshold_min_support)
+        metrics = {"validation": evaluate_scorer(scorer, validation, thresholds, keyword_probs=probs).summary()}
+    bundle = ModelBundle(schema=dataset.schema, thresholds=thresholds, templates=dict(TEMPLATES),
+                         base_model=config.base, metrics=metrics, data_hash=dataset.fingerprint(),
+                         config=asdict(config))
+    bundle.save(output_dir, {"keyword": lambda d: save_classifier(kw_model, kw_tok, d),
+                             "sentiment": lambda d: save_classifier(st_model, st_tok, d)})
+    return bundle

@@ -1,0 +1,102 @@
+"""Highlights: offsets, batching, and a planted trigger word coming out on top."""
+
+import random
+
+import numpy as np
+
+from reviewlens.analyzer import ReviewAnalyzer
+from reviewlens.data import Review, ReviewDataset
+from reviewlens.highlight import masked_variants, whitespace_words
+from reviewlens.schema import LabelSchema
+from reviewlens.training import TrainConfig, train
+
+
+def test_whitespace_words_offsets():
+    text = "옷은  예쁘지만\t배송은 늦어요"
+    words = whitespace_words(text)
+    assert [w for w, _, _ in words] == ["옷은", "예쁘지만", "배송은", "늦어요"]
+    assert all(text[s:e] == w for w, s, e in words)
+    assert masked_variants(text, words, "[MASK]")[1] == "옷은  [MASK]\t배송은 늦어요"
+
+
+FILLER = ["오늘", "받았어요", "그냥", "무난해요", "생각보다", "괜찮네요", "주문했어요", "입어봤어요", "보통이에요", "그럭저럭"]
+
+
+def _trigger_dataset(n: int = 160, seed: int = 0) -> ReviewDataset:
+    """배송 is labeled exactly when the word 택배 appears; its sentiment follows 빨라요 / 늦어요.
+
+    빨라요 / 늦어요 also appear without 택배, so only 택배 predicts the keyword."""
+    rng = random.Random(seed)
+    schema = LabelSchema(["배송", "만족도"], levels=[-1, 0, 1])
+    reviews = []
+    for i in range(n):
+        words = rng.sample(FILLER, 4)
+        labels = {"만족도": 0}
+        fast = i % 4 < 2
+        words.insert(rng.randrange(5), "빨라요" if fast else "늦어요")
+        if i % 2 == 0:
+            words.insert(rng.randrange(6), "택배")
+            labels["배송"] = 1 if fast else -1
+        reviews.append(Review(str(i), " ".join(words), labels))
+    return ReviewDataset(reviews, schema, source="trigger")
+
+
+def test_planted_trigger_word_is_the_top_highlight(tiny_base, tmp_path):
+    data = _trigger_dataset()
+    config = TrainConfig(base=str(tiny_base), pooling="mean", keyword_epochs=12, sentiment_epochs=12,
+                         learning_rate=3e-3, batch_size=16, early_stopping_patience=0, warmup_ratio=0.0,
+                         class_weighted=False, seed=1)
+    train(data, tmp_path / "bundle", config, validation=_trigger_dataset(40, seed=1))
+    analyzer = ReviewAnalyzer.from_pretrained(tmp_path / "bundle")
+    texts = ["오늘 택배 그냥 무난해요 빨라요", "생각보다 괜찮네요 늦어요 택배 주문했어요"]
+    results = analyzer.analyze(texts, top_k=3)
+    for text, result in zip(texts, results):
+        found = {k.keyword: k for k in result.keywords}
+        assert "배송" in found, result.to_dict()
+        top = found["배송"].highlights[0]
+        assert top.word == "택배" and text[top.start:top.end] == "택배"
+        assert top.score > 0
+    assert {k.keyword: k.level for k in results[0].keywords}["배송"] == 1
+    assert {k.keyword: k.level for k in results[1].keywords}["배송"] == -1
+    # the sentiment highlight of 배송 names the word that carries the polarity
+    assert {k.keyword: k for k in results[0].keywords}["배송"].sentiment_highlights[0].word == "빨라요"
+
+
+def test_occlusion_is_batched_across_reviews(tiny_base, tmp_path):
+    """All variants of a call go through few forward passes, not one per variant."""
+    from reviewlens.modeling import build_classifier, MULTI_LABEL, SINGLE_LABEL
+    from reviewlens.scoring import TorchScorer
+    from reviewlens.bundle import ModelBundle
+
+    kw, tok = build_classifier(str(tiny_base), 2, MULTI_LABEL, pooling="mean")
+    st, tok2 = build_classifier(str(tiny_base), 3, SINGLE_LABEL, pooling="mean")
+    scorer = TorchScorer(kw, tok, st, tok2, batch_size=64)
+    calls = []
+    original = scorer._logits
+    scorer._logits = lambda which, batch: calls.append((which, batch["input_ids"].shape)) or original(which, batch)
+    bundle = ModelBundle(schema=LabelSchema(["배송", "만족도"], levels=[-1, 0, 1]), thresholds={"배송": 0.0, "만족도": 0.0})
+    analyzer = ReviewAnalyzer(bundle, scorer)
+    texts = [" ".join(random.Random(i).sample(FILLER, 6)) for i in range(8)]
+    results = analyzer.analyze(texts)
+    assert all(len(r.keywords) == 2 for r in results)
+    # 8 reviews x 6 words = 48 keyword variants, 8 x 2 x 6 = 96 sentiment variants
+    kw_calls = [c for c in calls if c[0] == "keyword"]
+    st_calls = [c for c in calls if c[0] == "sentiment"]
+    assert sum(shape[0] for _, shape in kw_calls) == 8 + 48
+    assert len(kw_calls) <= 3 and len(st_calls) <= 4
+
+
+def test_empty_blank_emoji_and_long_reviews(tiny_base):
+    from reviewlens.modeling import build_classifier, MULTI_LABEL, SINGLE_LABEL
+    from reviewlens.scoring import TorchScorer
+    from reviewlens.bundle import ModelBundle
+
+    kw, tok = build_classifier(str(tiny_base), 2, MULTI_LABEL)
+    st, tok2 = build_classifier(str(tiny_base), 3, SINGLE_LABEL)
+    bundle = ModelBundle(schema=LabelSchema(["배송", "만족도"], levels=[-1, 0, 1]), thresholds={"배송": 0.0, "만족도": 0.0})
+    analyzer = ReviewAnalyzer(bundle, TorchScorer(kw, tok, st, tok2))
+    long_review = "배송이 빨라요 " * 2000
+    results = analyzer.analyze(["", "   \n", "😀😍👍", long_review])
+    assert [r.keywords for r in results[:3]] == [[], [], []]
+    assert len(results[3].keywords) == 2  # truncated, not an index error
+    assert np.isfinite(results[3].keywords[0].probability)
