@@ -1,6 +1,5 @@
 import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from reviewlens.data import (
     atomic_write_text,
     detect_format,
     read_reviews,
+    read_texts,
     train_validation_split,
     write_reviews,
 )
@@ -96,6 +96,13 @@ def test_write_read_round_trip(tmp_path, name):
            [(r.id, r.text, r.labels, r.shop, r.category) for r in reviews]
     assert again.fingerprint() == dataset.fingerprint()
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no temp file left behind
+
+
+def test_jsonl_keeps_spans(tmp_path):
+    spans = [{"keyword": "색상", "level": 2, "text": "색이 정말 이뻐요", "start": 0, "end": 9}]
+    dataset = ReviewDataset([Review("1", "색이 정말 이뻐요", {"색상": 2}, spans=spans)], LabelSchema(["색상"]))
+    write_reviews(dataset, tmp_path / "s.jsonl")
+    assert read_reviews(tmp_path / "s.jsonl")[0].spans == spans
 
 
 def test_write_reviews_without_a_schema_and_unknown_extension(tmp_path):
@@ -270,6 +277,15 @@ def test_require_labels_and_file_level_errors(tmp_path):
         read_reviews(tmp_path / "missing.csv")
     with pytest.raises(UnreadableFileError):
         read_reviews(write(tmp_path, "broken.parquet", b"PAR1 not really"))
+
+
+def test_read_texts_ignores_labels(tmp_path):
+    path = write(tmp_path, "pool.csv", "id,text,labels\nx,좋아요,배숑 9\ny,별로예요,\n")
+    assert read_texts(path) == (["x", "y"], ["좋아요", "별로예요"])
+    txt = write(tmp_path, "pool.txt", "색이 정말 이뻐요\n\n배송이 늦어요\r\n")
+    assert read_texts(txt) == (None, ["색이 정말 이뻐요", "배송이 늦어요"])
+    with pytest.raises(UnreadableFileError):
+        read_texts(write(tmp_path, "blank.txt", "\n \n"))
 
 
 def test_control_characters_are_stripped(tmp_path):

@@ -168,6 +168,8 @@ def detect_format(path: str | os.PathLike) -> str:
                 first = handle.readline()
                 if not first:
                     break
+    except FileNotFoundError:
+        raise UnreadableFileError(str(path), "no such file") from None
     except OSError as exc:
         raise UnreadableFileError(str(path), f"cannot read the file: {exc.strerror or exc}") from exc
     try:
@@ -223,6 +225,7 @@ class _Record:
     labels: Any = None  # completion string, mapping, or list of ABSA mentions
     shop: Any = None
     category: Any = None
+    spans: Any = None
     names: dict[str, str] = field(default_factory=dict)  # role -> field name in the file
     problems: list[tuple[str, str]] = field(default_factory=list)  # (field, reason)
 
@@ -315,6 +318,7 @@ def _dict_records(objects: Iterable[tuple[int, Any, str | None]]) -> tuple[list[
             record.names = row_roles
             for role, name in row_roles.items():
                 setattr(record, role, record.fields[name])
+            record.spans = record.fields.get("spans")
     return records, roles
 
 
@@ -457,6 +461,8 @@ def _check_record(record: _Record, schema: LabelSchema, *, fmt: str, allow_new_k
     problems = record.problems
 
     review_id = record.id
+    if isinstance(review_id, float) and review_id.is_integer():  # integer ids from pandas-written files
+        review_id = int(review_id)
     if review_id is None or (isinstance(review_id, str) and not review_id.strip()):
         review_id = str(record.row)
     elif isinstance(review_id, bool) or not isinstance(review_id, (str, int)):
@@ -505,6 +511,13 @@ def _check_record(record: _Record, schema: LabelSchema, *, fmt: str, allow_new_k
     if labels is None and require_labels and not any(f == names["labels"] for f, _ in problems):
         problems.append((names["labels"], "no labels (this needs labeled reviews)"))
 
+    if fmt not in ("nikl", "aihub") and record.spans is not None:
+        if isinstance(record.spans, list) and all(
+                isinstance(s, dict) and isinstance(s.get("keyword"), str) for s in record.spans):
+            spans = [{**s, "keyword": schema.canonical(s["keyword"])} for s in record.spans]
+        else:
+            problems.append(("spans", "spans must be a list of {keyword, level, text, start, end} objects"))
+
     shop, problem = _optional_string(record.shop)
     if problem:
         problems.append((names["shop"], problem))
@@ -542,6 +555,14 @@ def read_reviews(path: str | os.PathLike, schema: LabelSchema | None = None, *, 
     the bad ones go to ``rejects_path`` (default ``./<file stem>.rejects.jsonl``) and a warning says so.
     Anything that goes wrong raises a ReviewlensError.
     """
+    return _load(path, schema, format=format, skip_bad_rows=skip_bad_rows, allow_new_keywords=allow_new_keywords,
+                 require_labels=require_labels, rejects_path=rejects_path, aliases=aliases, levels=levels)
+
+
+def _load(path, schema, *, format, skip_bad_rows, allow_new_keywords, require_labels, rejects_path, aliases,
+          levels, ignore_labels: bool = False) -> ReviewDataset:
+    """``read_reviews``; ``ignore_labels`` reads texts only (for ``read_texts``)."""
+    levels = list(levels) if levels is not None else None
     path = Path(path)
     source = str(path)
     fmt = format or detect_format(path)
@@ -575,6 +596,10 @@ def read_reviews(path: str | os.PathLike, schema: LabelSchema | None = None, *, 
     if require_labels and "labels" not in roles:
         raise UnreadableFileError(source, f"no labels column (expected one of {', '.join(LABEL_COLUMNS)})",
                                   field="labels", row="header")
+
+    if ignore_labels:
+        for record in records:
+            record.labels = None
 
     good: list[tuple[_Record, Review]] = []
     bad: list[_Record] = []
@@ -620,6 +645,39 @@ def read_reviews(path: str | os.PathLike, schema: LabelSchema | None = None, *, 
         schema.keywords = [k for k in schema.keywords if k in known or counts[k] > 0]
     schema._sync()
     return ReviewDataset(reviews, schema, source)
+
+
+def read_texts(path: str | os.PathLike, *, skip_bad_rows: bool = False,
+               rejects_path: str | os.PathLike | None = None) -> tuple[list[str] | None, list[str]]:
+    """``(ids, texts)`` of reviews to analyze; labels, if the file has any, are ignored.
+
+    ``.txt`` files hold one review a line (ids are then None); other files are read like ``read_reviews``.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".txt":
+        dataset = _load(path, None, format=None, skip_bad_rows=skip_bad_rows, allow_new_keywords=True,
+                        require_labels=False, rejects_path=rejects_path, aliases=None, levels=None, ignore_labels=True)
+        return dataset.ids, dataset.texts
+    source = str(path)
+    texts, problems = [], []
+    for number, line in enumerate(_decode(_read_bytes(path, source), source).split("\n"), start=1):
+        text = _clean_text(line)
+        if not text.strip():
+            continue
+        if len(text) > MAX_TEXT_CHARS:
+            problems.append(RowProblem(source, number, "text", f"too long ({len(text):,} characters, the limit is "
+                                                               f"{MAX_TEXT_CHARS:,}); split it into several reviews"))
+        elif _unencodable(text):
+            problems.append(RowProblem(source, number, "text", "contains invalid Unicode (a lone surrogate)"))
+        else:
+            texts.append(text)
+    if problems and not skip_bad_rows:
+        raise DataError(source, problems)
+    if problems:
+        logger.warning("%s: skipped %d bad line(s)", source, len(problems))
+    if not texts:
+        raise UnreadableFileError(source, "no rows")
+    return None, texts
 
 
 # -- writing ----------------------------------------------------------------------------------------------

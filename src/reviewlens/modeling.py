@@ -135,8 +135,9 @@ def save_classifier(model: nn.Module, tokenizer, directory: str | Path) -> None:
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    tokenizer.save_pretrained(directory)
     head: HeadConfig = getattr(model, "head_config")
+    if not head.lora:  # an adapter-over-base model reads the base's tokenizer (17 MB for e5) from the base
+        tokenizer.save_pretrained(directory)
     if isinstance(model, MeanPoolingClassifier):
         if head.lora:
             model.encoder.save_pretrained(directory / "adapter")
@@ -158,7 +159,7 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu"):
     if not head_file.exists():
         raise ModelError(f"{directory}: not a reviewlens classifier directory ({HEAD_FILE} is missing)")
     head = HeadConfig(**json.loads(head_file.read_text(encoding="utf-8")))
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base(head.base) if head.lora else directory)
     if head.pooling == "cls":
         model = AutoModelForSequenceClassification.from_pretrained(directory)
     else:
