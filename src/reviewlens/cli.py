@@ -192,6 +192,43 @@ def analyze(
         typer.echo(text, nl=False)
 
 
+SEED_EXAMPLES = [
+    "옷은 예쁘지만 배송은 늦어요",
+    "색이 정말 이뻐요",
+    "품질이 좀 떨어지지만 가격이 싸니까",
+    "제가 상의 사이즈가 큰편인데 이거는 답답하거나 찡김 전혀 없이 적당히 넉넉하게 입기 편해서 괜찮았는데 하의는 "
+    "생각보다 통이 너무 커서 오히려 부해 보여서 수선집에서 통을 줄였는데 그래도 종아리 부분은 널쩍해서 저한테 예쁜핏은 "
+    "안나와서 아쉬워요 그래도 옷 자체가 너무 편하고 상하의 세트인 부분도 마음에 들어요",
+]
+"""The seed document's own example reviews."""
+
+
+@app.command()
+def demo(
+    model: Optional[Path] = ModelOpt,
+    ui: bool = typer.Option(False, "--ui", help="Open the Streamlit demo instead of printing a table."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8501, "--port"),
+) -> None:
+    """Analyse the seed's example reviews with the default (or given) bundle and print a table."""
+    if ui:
+        from .serve.demo import launch
+
+        try:
+            launch(model, host=host, port=port)
+        except ReviewlensError as exc:
+            _fail(exc)
+        return
+    from .analyzer import ReviewAnalyzer
+
+    try:
+        analyzer = ReviewAnalyzer.from_pretrained(model)
+        results = analyzer.analyze(SEED_EXAMPLES)
+    except ReviewlensError as exc:
+        _fail(exc)
+    print_table(results)
+
+
 @base_app.command("prepare")
 def base_prepare(
     name: str = typer.Argument("multilingual-e5-small", help="Offline base to build."),
