@@ -55,6 +55,8 @@ def train(
     report_to: Optional[str] = typer.Option(None, "--report-to", help="Trainer report_to (none, wandb, ...)."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Load the good rows, write rejects aside."),
     allow_new_keywords: bool = typer.Option(False, "--allow-new-keywords", help="Grow the schema on new keywords."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint "
+                                "(same data and config; checkpoints are in <model-out>.checkpoints)."),
 ) -> None:
     """Train the keyword and sentiment models and write a bundle."""
     from .data import read_reviews
@@ -72,12 +74,48 @@ def train(
             validation = read_reviews(validation_data, schema=dataset.schema, skip_bad_rows=skip_bad_rows,
                                       allow_new_keywords=allow_new_keywords, require_labels=True,
                                       aliases=cfg.aliases or None)
-        bundle = train_bundle(dataset, model_out, cfg, validation=validation)
+        bundle = train_bundle(dataset, model_out, cfg, validation=validation, resume=resume)
     except ReviewlensError as exc:
         _fail(exc)
     typer.echo(f"bundle written to {model_out}")
     if bundle.metrics:
         typer.echo(json.dumps(bundle.metrics, ensure_ascii=False, indent=2))
+
+
+@app.command("train-generative")
+def train_generative(
+    data: Path = typer.Option(..., "--data", help="Labeled reviews: CSV/JSONL/Parquet, NIKL or AIHub jsonl."),
+    model_out: Path = typer.Option(..., "--model-out", help="Directory to write the generative bundle to."),
+    base: Optional[str] = typer.Option(None, "--base", help="Causal LM: gemma-3-270m, smollm2-135m-instruct, a "
+                                       ".gguf file, a local folder or a hub name (default gemma-3-270m)."),
+    peft: Optional[str] = typer.Option(None, "--peft", help="Adapter: lora | ia3 | prefix | prompt (default lora)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file setting any GenerativeConfig field."),
+    validation_data: Optional[Path] = typer.Option(None, "--validation-data", help="Labeled file to evaluate the "
+                                                   "trained model on (metrics stored in the bundle)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs (default 3)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 42)."),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help="Trainer report_to (none, wandb, ...)."),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Load the good rows, write rejects aside."),
+    allow_new_keywords: bool = typer.Option(False, "--allow-new-keywords", help="Grow the schema on new keywords."),
+) -> None:
+    """Train the generative baseline (a causal LM with a peft adapter answering the seed's prompt) into a bundle."""
+    from .data import read_reviews
+    from .generative import GenerativeConfig, train_generative as train_bundle
+
+    try:
+        cfg = GenerativeConfig.from_yaml(config, base=base, peft=peft, epochs=epochs, seed=seed, report_to=report_to)
+        dataset = read_reviews(data, skip_bad_rows=skip_bad_rows, allow_new_keywords=allow_new_keywords,
+                               require_labels=True, aliases=cfg.aliases or None, levels=cfg.levels)
+        validation = None
+        if validation_data is not None:
+            validation = read_reviews(validation_data, schema=dataset.schema, skip_bad_rows=skip_bad_rows,
+                                      allow_new_keywords=allow_new_keywords, require_labels=True,
+                                      aliases=cfg.aliases or None)
+        bundle = train_bundle(dataset, model_out, cfg, validation=validation)
+    except ReviewlensError as exc:
+        _fail(exc)
+    typer.echo(f"generative bundle written to {model_out}")
+    typer.echo(json.dumps(bundle.metrics, ensure_ascii=False, indent=2))
 
 
 @app.command()
@@ -227,6 +265,34 @@ def demo(
     except ReviewlensError as exc:
         _fail(exc)
     print_table(results)
+
+
+@app.command()
+def serve(
+    model: Optional[Path] = ModelOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 in a container)."),
+    port: int = typer.Option(8000, "--port"),
+    workers: int = typer.Option(1, "--workers", help="Processes; each loads the model once."),
+    max_reviews: int = typer.Option(64, "--max-reviews", help="Reviews per request (more: 413)."),
+    max_chars: int = typer.Option(2000, "--max-chars", help="Characters per review (more: 413)."),
+    batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", help="How long a request waits for others to "
+                                        "share its model call."),
+    max_batch: int = typer.Option(64, "--max-batch", help="Reviews per merged model call."),
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="Merge concurrent requests into one "
+                                  "model call (off: one call per request, one at a time)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sequences per forward pass."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve a bundle over HTTP: POST /v1/analyze, GET /v1/schema, /healthz, /readyz, /docs (FastAPI)."""
+    try:
+        from .serve.api import ServeConfig, run_server
+
+        config = ServeConfig(model=str(model) if model is not None else None, max_reviews=max_reviews,
+                             max_chars=max_chars, batch_wait_ms=batch_wait_ms, max_batch=max_batch,
+                             batching=batching, scorer_batch_size=batch_size)
+        run_server(config, host=host, port=port, workers=workers, log_level=log_level)
+    except ReviewlensError as exc:
+        _fail(exc)
 
 
 @base_app.command("prepare")

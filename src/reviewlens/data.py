@@ -545,7 +545,7 @@ def _write_rejects(path: Path, bad: list[_Record]) -> None:
 def read_reviews(path: str | os.PathLike, schema: LabelSchema | None = None, *, format: str | None = None,
                  skip_bad_rows: bool = False, allow_new_keywords: bool = False, require_labels: bool = False,
                  rejects_path: str | os.PathLike | None = None, aliases: Mapping[str, str] | None = None,
-                 levels: Iterable[int] | None = None) -> ReviewDataset:
+                 levels: Iterable[int] | None = None, ignore_labels: bool = False) -> ReviewDataset:
     """Read and check a review file; see the module docstring for the formats.
 
     Without ``schema`` one is inferred: keywords by frequency, levels ``levels`` or -2..2 (-1..1 for
@@ -553,10 +553,13 @@ def read_reviews(path: str | os.PathLike, schema: LabelSchema | None = None, *, 
     (then they are appended to a copy of it: the returned dataset's schema). ``aliases`` are added to
     the schema's. Every bad row is reported in one DataError; with ``skip_bad_rows`` the good rows load,
     the bad ones go to ``rejects_path`` (default ``./<file stem>.rejects.jsonl``) and a warning says so.
-    Anything that goes wrong raises a ReviewlensError.
+    With ``ignore_labels`` every review is read as unlabeled (a pool to select from: ids, texts, shop and
+    category only; completion strings are not parsed, so unknown keywords do not matter). Anything that goes
+    wrong raises a ReviewlensError.
     """
     return _load(path, schema, format=format, skip_bad_rows=skip_bad_rows, allow_new_keywords=allow_new_keywords,
-                 require_labels=require_labels, rejects_path=rejects_path, aliases=aliases, levels=levels)
+                 require_labels=require_labels, rejects_path=rejects_path, aliases=aliases, levels=levels,
+                 ignore_labels=ignore_labels)
 
 
 def _load(path, schema, *, format, skip_bad_rows, allow_new_keywords, require_labels, rejects_path, aliases,

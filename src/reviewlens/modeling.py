@@ -48,17 +48,27 @@ def resolve_base(name_or_path: str) -> str:
 
 
 class MeanPoolingClassifier(nn.Module):
-    """Encoder, masked mean pooling, dropout and a linear head."""
+    """Encoder, masked mean pooling, feature standardisation, dropout and a linear head.
+
+    Mean-pooled sentence-encoder features vary little between reviews (e5 cosines are 0.85-0.95), so a
+    linear head trained with Adam on the raw features moves far too slowly and learns only the label
+    prior. The features are standardised with a mean and scale measured on training texts
+    (``fit_normalizer``) and stored with the head.
+    """
 
     def __init__(self, encoder: nn.Module, head: HeadConfig) -> None:
         super().__init__()
         self.encoder = encoder
         self.head_config = head
         self.config = encoder.config
+        hidden = encoder.config.hidden_size
+        self.register_buffer("feature_mean", torch.zeros(hidden))
+        self.register_buffer("feature_scale", torch.ones(hidden))
         self.dropout = nn.Dropout(head.dropout)
-        self.classifier = nn.Linear(encoder.config.hidden_size, head.num_labels)
+        self.classifier = nn.Linear(hidden, head.num_labels)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **_):
+    def pool(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """Masked mean of the last hidden states."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -66,10 +76,28 @@ class MeanPoolingClassifier(nn.Module):
             kwargs["token_type_ids"] = token_type_ids
         hidden = self.encoder(**kwargs).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        logits = self.classifier(self.dropout(pooled))
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **_):
+        pooled = self.pool(input_ids, attention_mask, token_type_ids)
+        features = (pooled - self.feature_mean) / self.feature_scale
+        logits = self.classifier(self.dropout(features))
         loss = default_loss(logits, labels, self.head_config.problem_type) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    @torch.no_grad()
+    def fit_normalizer(self, batches) -> None:
+        """Set the feature mean and scale from batches of ``{"input_ids", "attention_mask"}`` tensors."""
+        was_training = self.training
+        self.eval()
+        pooled = torch.cat([self.pool(b["input_ids"], b.get("attention_mask")) for b in batches])
+        self.feature_mean.copy_(pooled.mean(0))
+        self.feature_scale.copy_(pooled.std(0).clamp(min=1e-4) if len(pooled) > 1 else torch.ones_like(pooled[0]))
+        self.train(was_training)
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        """The head's tensors (everything but the encoder)."""
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("encoder.")}
 
 
 def default_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> torch.Tensor:
@@ -143,8 +171,7 @@ def save_classifier(model: nn.Module, tokenizer, directory: str | Path) -> None:
             model.encoder.save_pretrained(directory / "adapter")
         else:
             model.encoder.save_pretrained(directory)
-        state = {f"classifier.{k}": v.detach().contiguous() for k, v in model.classifier.state_dict().items()}
-        save_file(state, str(directory / "head.safetensors"))
+        save_file(model.head_state_dict(), str(directory / "head.safetensors"))
     else:
         model.save_pretrained(directory)
     (directory / HEAD_FILE).write_text(json.dumps(asdict(head), ensure_ascii=False, indent=2), encoding="utf-8")
@@ -172,7 +199,10 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu"):
             encoder = load_encoder(directory)
         model = MeanPoolingClassifier(encoder, head)
         state = load_file(str(directory / "head.safetensors"))
-        model.classifier.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()})
+        missing = set(model.head_state_dict()) - set(state)
+        if missing - {"feature_mean", "feature_scale"}:
+            raise ModelError(f"{directory}/head.safetensors lacks {sorted(missing)}")
+        model.load_state_dict(state, strict=False)
     model.head_config = head
     return model.to(device).eval(), tokenizer
 

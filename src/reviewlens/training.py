@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import tempfile
+import os
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -13,12 +15,19 @@ import yaml
 
 from .bundle import ModelBundle
 from .calibration import fit_thresholds
-from .data import ReviewDataset, train_validation_split
+from .data import ReviewDataset, atomic_write_text, train_validation_split
 from .errors import ReviewlensError
 from .modeling import MULTI_LABEL, SINGLE_LABEL, build_classifier, max_input_length, save_classifier
 from .tasks import SENTIMENT_TEMPLATE, TEMPLATES, keyword_examples, sentiment_examples
 
 logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+"""What a checkpoint directory was made for (schema, data, config); checked before resuming."""
+FINAL_WEIGHTS = "final.safetensors"
+"""A stage's finished model inside ``<checkpoint_dir>/<task>/``."""
+_RESUME_IGNORES = ("checkpoint_dir", "report_to", "logging_steps", "eval_batch_size")
+"""Config fields that may change between an interrupted run and its resumption."""
 
 
 @dataclass
@@ -52,6 +61,7 @@ class TrainConfig:
     aliases: dict[str, str] = field(default_factory=dict)
     levels: list[int] | None = None
     logging_steps: int = 50
+    checkpoint_dir: str | None = None  # default <model_out>.checkpoints; removed once the bundle is written
 
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, **overrides) -> "TrainConfig":
@@ -91,6 +101,19 @@ def _encode(tokenizer, texts: list[str], labels: list, max_length: int) -> _List
         item = {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": label}
         items.append(item)
     return _ListDataset(items)
+
+
+def _normalizer_batches(dataset: _ListDataset, tokenizer, config: TrainConfig, limit: int = 512):
+    """Padded batches of up to ``limit`` training inputs (a seeded sample) for feature statistics."""
+    from transformers import DataCollatorWithPadding
+
+    rng = np.random.default_rng(config.seed)
+    idx = rng.permutation(len(dataset))[:limit]
+    idx = sorted(idx, key=lambda i: len(dataset[i]["input_ids"]))
+    collate = DataCollatorWithPadding(tokenizer)
+    for start in range(0, len(idx), config.eval_batch_size):
+        chunk = [{k: dataset[i][k] for k in ("input_ids", "attention_mask")} for i in idx[start:start + config.eval_batch_size]]
+        yield collate(chunk)
 
 
 def _class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
@@ -143,8 +166,14 @@ def _optimizer(model, config: TrainConfig):
 
 
 def _train_one(task: str, texts: list[str], labels: list, val_texts: list[str], val_labels: list,
-               label_names: list[str], problem_type: str, config: TrainConfig, epochs: float, workdir: Path):
-    """Fine-tune one classifier with Trainer; returns (model, tokenizer)."""
+               label_names: list[str], problem_type: str, config: TrainConfig, epochs: float, workdir: Path,
+               resume: bool = False):
+    """Fine-tune one classifier with Trainer; returns (model, tokenizer).
+
+    Checkpoints go to ``workdir/<task>``; the finished model to ``workdir/<task>/final.safetensors``.
+    With ``resume`` a finished stage is loaded, an unfinished one continues from its last complete checkpoint.
+    """
+    from safetensors.torch import load_model
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
     set_seed(config.seed)
@@ -152,8 +181,15 @@ def _train_one(task: str, texts: list[str], labels: list, val_texts: list[str], 
         config.base, len(label_names), problem_type, pooling=config.pooling, labels=label_names,
         dropout=config.dropout, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
         freeze_embeddings=config.freeze_embeddings)
+    final = workdir / task / FINAL_WEIGHTS
+    if resume and final.is_file():
+        logger.info("%s model: finished in the interrupted run, loading %s", task, final)
+        load_model(model, str(final))
+        return model.eval(), tokenizer
     max_length = min(config.max_length, max_input_length(model, tokenizer))
     train_set = _encode(tokenizer, texts, labels, max_length)
+    if hasattr(model, "fit_normalizer"):
+        model.fit_normalizer(_normalizer_batches(train_set, tokenizer, config))
     has_val = len(val_texts) > 0
     val_set = _encode(tokenizer, val_texts, val_labels, max_length) if has_val else None
     class_weights = None
@@ -189,32 +225,124 @@ def _train_one(task: str, texts: list[str], labels: list, val_texts: list[str], 
         compute_loss_func=_loss_function(problem_type, config, class_weights),
         optimizers=(_optimizer(model, config), None), callbacks=callbacks,
     )
-    trainer.train()
+    checkpoint = last_checkpoint(workdir / task) if resume else None
+    if checkpoint is not None:
+        logger.info("%s model: resuming from %s", task, checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     model.eval()
+    if trainer.is_world_process_zero():
+        _save_weights(model, final)
+    trainer.accelerator.wait_for_everyone()
     return model, tokenizer
 
 
-def train_keyword_model(train: ReviewDataset, validation: ReviewDataset, config: TrainConfig, workdir: Path):
+def train_keyword_model(train: ReviewDataset, validation: ReviewDataset, config: TrainConfig, workdir: Path,
+                        resume: bool = False):
     """The multi-label keyword classifier."""
     tr, va = keyword_examples(train), keyword_examples(validation)
     return _train_one("keyword", [e.text for e in tr], [e.targets for e in tr], [e.text for e in va],
                       [e.targets for e in va], list(train.schema.keywords), MULTI_LABEL, config,
-                      config.keyword_epochs, workdir)
+                      config.keyword_epochs, workdir, resume)
 
 
-def train_sentiment_model(train: ReviewDataset, validation: ReviewDataset, config: TrainConfig, workdir: Path):
+def train_sentiment_model(train: ReviewDataset, validation: ReviewDataset, config: TrainConfig, workdir: Path,
+                          resume: bool = False):
     """The single-label sentiment classifier over (review, keyword) pairs."""
     tr, va = sentiment_examples(train), sentiment_examples(validation)
     if not tr:
         raise ReviewlensError(f"{train.source}: no labeled (review, keyword) pairs to train the sentiment model on")
     return _train_one("sentiment", [e.text for e in tr], [e.label for e in tr], [e.text for e in va],
                       [e.label for e in va], train.schema.level_names(), SINGLE_LABEL, config,
-                      config.sentiment_epochs, workdir)
+                      config.sentiment_epochs, workdir, resume)
+
+
+def default_checkpoint_dir(output_dir: str | Path) -> Path:
+    """``<output_dir>.checkpoints``, next to the bundle."""
+    output_dir = Path(output_dir)
+    return output_dir.with_name(output_dir.name + ".checkpoints")
+
+
+def last_checkpoint(directory: Path) -> str | None:
+    """The newest complete Trainer checkpoint in ``directory`` (trainer_state.json is written last), or None."""
+    if not directory.is_dir():
+        return None
+    complete = [p for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+                and (p / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
+
+
+def _save_weights(model, path: Path) -> None:
+    """A finished model's weights, written atomically (temp file, then rename)."""
+    from safetensors.torch import save_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_model(model, str(tmp))
+    os.replace(tmp, path)
+
+
+def _run_info(dataset: ReviewDataset, validation: ReviewDataset, config: TrainConfig) -> dict:
+    settings = {k: v for k, v in asdict(config).items() if k not in _RESUME_IGNORES}
+    return {"schema": dataset.schema.to_dict(), "data_hash": dataset.fingerprint(),
+            "validation_hash": validation.fingerprint(), "config": settings}
+
+
+def _prepare_checkpoints(directory: Path, info: dict, resume: bool) -> None:
+    """Check a checkpoint directory against this run (``resume``) or start it afresh (main process only)."""
+    run_file = directory / RUN_FILE
+    if resume and run_file.is_file():
+        try:
+            before = json.loads(run_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ReviewlensError(f"{run_file}: cannot read it ({exc}); delete {directory} and train without "
+                                  "--resume") from exc
+        fix = f"train without --resume to start over (this deletes {directory}), or resume with the original data"
+        if before.get("schema") != info["schema"]:
+            raise ReviewlensError(
+                f"{directory}: these checkpoints were trained for another label schema (keywords "
+                f"{before.get('schema', {}).get('keywords')}, levels {before.get('schema', {}).get('levels')}); "
+                f"this data has keywords {info['schema']['keywords']}, levels {info['schema']['levels']}. {fix}")
+        for key, what in (("data_hash", "training data"), ("validation_hash", "validation data")):
+            if before.get(key) != info[key]:
+                raise ReviewlensError(f"{directory}: the {what} differs from the interrupted run's. {fix}")
+        changed = sorted(k for k in set(before.get("config", {})) | set(info["config"])
+                         if before.get("config", {}).get(k) != info["config"].get(k))
+        if changed:
+            raise ReviewlensError(f"{directory}: training settings differ from the interrupted run's: "
+                                  f"{', '.join(changed)}. {fix}, and config")
+        for stage in ("keyword", "sentiment"):  # checkpoints a kill left half written
+            for partial in (directory / stage).glob("checkpoint-*"):
+                if not (partial / "trainer_state.json").is_file():
+                    shutil.rmtree(partial, ignore_errors=True)
+        return
+    if resume:
+        logger.warning("no checkpoints in %s: training from the start", directory)
+    if directory.exists():
+        if not directory.is_dir() or (any(directory.iterdir()) and not run_file.is_file()):
+            raise ReviewlensError(f"{directory} exists and is not a reviewlens checkpoint directory; move it away "
+                                  "or set checkpoint_dir to another path")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    atomic_write_text(run_file, json.dumps(info, ensure_ascii=False, indent=2))
+
+
+def _distributed_state():
+    """accelerate's PartialState under torchrun / accelerate launch (WORLD_SIZE > 1), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def train(dataset: ReviewDataset, output_dir: str | Path, config: TrainConfig | None = None,
-          validation: ReviewDataset | None = None) -> ModelBundle:
-    """Train both models, calibrate keyword thresholds on validation data and save a bundle."""
+          validation: ReviewDataset | None = None, *, resume: bool = False) -> ModelBundle:
+    """Train both models, calibrate keyword thresholds on validation data and save a bundle.
+
+    Checkpoints go to ``config.checkpoint_dir`` (default ``<output_dir>.checkpoints``), which is removed once the
+    bundle is written; ``resume`` continues an interrupted run from them. Under torchrun / accelerate launch
+    every process trains, and the main process alone calibrates and writes the bundle.
+    """
     from .evaluation import evaluate_scorer
     from .scoring import TorchScorer
 
@@ -224,12 +352,20 @@ def train(dataset: ReviewDataset, output_dir: str | Path, config: TrainConfig | 
     if validation is None:
         dataset, validation = train_validation_split(dataset, config.validation_size, config.seed)
     validation.schema = dataset.schema
-    with tempfile.TemporaryDirectory(prefix="reviewlens-train-") as tmp:
-        workdir = Path(tmp)
-        logger.info("training the keyword model on %d reviews", len(dataset))
-        kw_model, kw_tok = train_keyword_model(dataset, validation, config, workdir)
-        logger.info("training the sentiment model")
-        st_model, st_tok = train_sentiment_model(dataset, validation, config, workdir)
+    state = _distributed_state()
+    is_main = state is None or state.is_main_process
+    workdir = Path(config.checkpoint_dir) if config.checkpoint_dir else default_checkpoint_dir(output_dir)
+    if is_main:
+        _prepare_checkpoints(workdir, _run_info(dataset, validation, config), resume)
+    if state is not None:
+        state.wait_for_everyone()
+    logger.info("training the keyword model on %d reviews", len(dataset))
+    kw_model, kw_tok = train_keyword_model(dataset, validation, config, workdir, resume)
+    logger.info("training the sentiment model")
+    st_model, st_tok = train_sentiment_model(dataset, validation, config, workdir, resume)
+    if not is_main:
+        state.wait_for_everyone()  # the main process calibrates and writes the bundle
+        return ModelBundle.load(output_dir)
     scorer = TorchScorer(kw_model, kw_tok, st_model, st_tok, template=SENTIMENT_TEMPLATE)
     thresholds, metrics = {}, {}
     if len(validation):
@@ -242,4 +378,7 @@ def train(dataset: ReviewDataset, output_dir: str | Path, config: TrainConfig | 
                          config=asdict(config))
     bundle.save(output_dir, {"keyword": lambda d: save_classifier(kw_model, kw_tok, d),
                              "sentiment": lambda d: save_classifier(st_model, st_tok, d)})
+    shutil.rmtree(workdir, ignore_errors=True)
+    if state is not None:
+        state.wait_for_everyone()
     return bundle

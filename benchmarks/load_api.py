@@ -1,0 +1,245 @@
+"""Load test of the REST API on loopback: throughput, latency percentiles and failures, with and without
+micro-batching.
+
+Each mode starts its own ``reviewlens serve`` process with the given bundle, waits for ``/readyz``, warms up, then
+for every concurrency level sends a fixed number of requests (one review each, cycled from the example reviews)
+from that many concurrent clients, stopping early at a time bound. Throughput is answered requests per second of
+wall time; a reply counts as failed when it is not a 2xx or does not hold one result per review.
+
+    python benchmarks/load_api.py --model models/default
+    python benchmarks/load_api.py --model path/to/bundle --quick        # fewer requests, shorter bound
+
+Target (issue #4): zero failed requests, and micro-batching >= 3x the throughput of one-at-a-time at concurrency 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "fashion_reviews.csv"
+DEFAULT_MODEL = ROOT / "models" / "default"
+FALLBACK_REVIEWS = ["옷은 예쁘지만 배송은 늦어요", "색이 정말 이뻐요", "품질이 좀 떨어지지만 가격이 싸니까",
+                    "배송 빨라요. 사이즈도 딱 맞아요"]
+
+
+@dataclass
+class LevelResult:
+    mode: str
+    concurrency: int
+    planned: int
+    latencies: list[float] = field(default_factory=list)
+    failures: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    wall: float = 0.0
+    calls: int = 0
+    reviews: int = 0
+
+    @property
+    def sent(self) -> int:
+        return len(self.latencies) + self.failures
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.wall if self.wall else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+
+def load_reviews() -> list[str]:
+    if EXAMPLES.exists():
+        with open(EXAMPLES, encoding="utf-8") as fh:
+            texts = [row["text"] for row in csv.DictReader(fh) if row.get("text")]
+        if texts:
+            return texts
+    return FALLBACK_REVIEWS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, port: int, batching: bool, args: argparse.Namespace, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "reviewlens.cli", "serve", "--model", str(model), "--port", str(port),
+               "--log-level", "warning", "--batch-wait-ms", str(args.batch_wait_ms), "--max-batch",
+               str(args.max_batch), "--batching" if batching else "--no-batching"]
+    return subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
+
+
+async def wait_ready(http, base: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited ({process.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            if (await http.get(f"{base}/readyz", timeout=2)).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.25)
+    raise SystemExit(f"the server was not ready in {timeout:.0f} s; log: {log}")
+
+
+async def server_stats(http, base: str) -> dict:
+    return (await http.get(f"{base}/readyz", timeout=10)).json().get("stats", {})
+
+
+async def run_level(http, base: str, mode: str, concurrency: int, n_requests: int, time_limit: float,
+                    reviews: list[str], per_request: int, highlights: bool, request_timeout: float) -> LevelResult:
+    result = LevelResult(mode, concurrency, n_requests)
+    counter = iter(range(n_requests))
+    start = time.perf_counter()
+    stop_at = start + time_limit
+
+    async def client() -> None:
+        for i in counter:
+            if time.perf_counter() > stop_at:
+                return
+            body = {"reviews": [reviews[(i * per_request + j) % len(reviews)] for j in range(per_request)],
+                    "highlights": highlights}
+            t0 = time.perf_counter()
+            try:
+                response = await http.post(f"{base}/v1/analyze", json=body, timeout=request_timeout)
+                reason = None if response.is_success else f"HTTP {response.status_code}"
+                if reason is None and len(response.json().get("results", [])) != per_request:
+                    reason = "wrong number of results"
+            except Exception as exc:  # a timeout or a dropped connection is a failed request
+                reason = type(exc).__name__
+            if reason is None:
+                result.latencies.append(time.perf_counter() - t0)
+            else:
+                result.failures += 1
+                result.reasons[reason] += 1
+
+    before = await server_stats(http, base)
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    result.wall = time.perf_counter() - start
+    after = await server_stats(http, base)
+    result.calls = after.get("calls", 0) - before.get("calls", 0)
+    result.reviews = after.get("reviews", 0) - before.get("reviews", 0)
+    return result
+
+
+async def run_mode(model: Path, batching: bool, args: argparse.Namespace, reviews: list[str]) -> list[LevelResult]:
+    import httpx
+
+    mode = "micro-batching" if batching else "one-at-a-time"
+    port = free_port()
+    log = Path(args.log_dir) / f"serve-{'batching' if batching else 'serial'}.log"
+    process = start_server(model, port, batching, args, log)
+    base = f"http://127.0.0.1:{port}"
+    limits = httpx.Limits(max_connections=max(args.concurrency) + 4, max_keepalive_connections=max(args.concurrency))
+    try:
+        async with httpx.AsyncClient(limits=limits) as http:
+            await wait_ready(http, base, process, log, args.ready_timeout)
+            for i in range(args.warmup):
+                await http.post(f"{base}/v1/analyze", json={"reviews": [reviews[i % len(reviews)]],
+                                                            "highlights": args.highlights}, timeout=60)
+            results = []
+            for concurrency in args.concurrency:
+                level = await run_level(http, base, mode, concurrency, args.requests, args.time_limit, reviews,
+                                        args.reviews_per_request, args.highlights, args.request_timeout)
+                reasons = f" failures: {dict(level.reasons)}" if level.failures else ""
+                print(f"  {mode:>14}  c={concurrency:<3} {level.ok}/{level.sent} ok in {level.wall:.1f} s{reasons}",
+                      file=sys.stderr, flush=True)
+                results.append(level)
+            return results
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def print_tables(results: list[LevelResult], args: argparse.Namespace) -> None:
+    print("\n| mode | concurrency | planned | sent | ok | failed (non-2xx/error) | wall s | req/s | p50 ms | p95 ms "
+          "| p99 ms | reviews per model call |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        per_call = f"{r.reviews / r.calls:.1f}" if r.calls else "-"
+        print(f"| {r.mode} | {r.concurrency} | {r.planned} | {r.sent} | {r.ok} | {r.failures} | {r.wall:.1f} | "
+              f"{r.throughput:.1f} | {r.percentile(50):.0f} | {r.percentile(95):.0f} | {r.percentile(99):.0f} | "
+              f"{per_call} |")
+    by = {(r.mode, r.concurrency): r for r in results}
+    if any(m == "one-at-a-time" for m, _ in by) and any(m == "micro-batching" for m, _ in by):
+        print("\n| concurrency | micro-batching req/s | one-at-a-time req/s | speed-up (same run) |")
+        print("|---:|---:|---:|---:|")
+        for c in args.concurrency:
+            b, s = by.get(("micro-batching", c)), by.get(("one-at-a-time", c))
+            if b and s and s.throughput:
+                print(f"| {c} | {b.throughput:.1f} | {s.throughput:.1f} | {b.throughput / s.throughput:.2f}x |")
+        c = max(args.concurrency)
+        b, s = by.get(("micro-batching", c)), by.get(("one-at-a-time", c))
+        if b and s and s.throughput:
+            failed = sum(r.failures for r in results)
+            speedup = b.throughput / s.throughput
+            print(f"\ntarget: 0 failed requests -> {failed} failed; micro-batching >= 3x at concurrency {c} -> "
+                  f"{speedup:.2f}x ({'met' if failed == 0 and speedup >= 3 else 'NOT met'})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="Bundle directory (default: models/default).")
+    parser.add_argument("--quick", action="store_true", help="96 requests a level, 30 s bound (default 256, 90 s).")
+    parser.add_argument("--requests", type=int, default=None, help="Requests per concurrency level.")
+    parser.add_argument("--time-limit", type=float, default=None, help="Seconds per level before it stops sending.")
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
+    parser.add_argument("--reviews-per-request", type=int, default=1)
+    parser.add_argument("--highlights", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--modes", default="batching,serial", help="batching, serial or both (comma-separated).")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--request-timeout", type=float, default=120.0, help="Seconds before a request counts as "
+                        "failed.")
+    parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument("--log-dir", default=os.environ.get("TMPDIR", "/tmp"))
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the server processes are stopped on kill
+    args.requests = args.requests or (96 if args.quick else 256)
+    args.time_limit = args.time_limit or (30.0 if args.quick else 90.0)
+    model = args.model or (DEFAULT_MODEL if (DEFAULT_MODEL / "reviewlens.json").exists() else None)
+    if model is None:
+        raise SystemExit(f"no --model given and {DEFAULT_MODEL} does not exist; pass --model BUNDLE_DIR")
+    reviews = load_reviews()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    print(f"model {model}; {os.cpu_count()} CPU core(s), load average {os.getloadavg()[0]:.1f} at start; "
+          f"{args.requests} requests a level (bound {args.time_limit:.0f} s), {args.reviews_per_request} review(s) a "
+          f"request, highlights {'on' if args.highlights else 'off'}, batch wait {args.batch_wait_ms} ms, "
+          f"max batch {args.max_batch}", flush=True)
+    results: list[LevelResult] = []
+    for mode in modes:
+        if mode not in ("batching", "serial"):
+            raise SystemExit(f"unknown mode {mode!r}; use batching and/or serial")
+        results += asyncio.run(run_mode(model, mode == "batching", args, reviews))
+    print_tables(results, args)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()

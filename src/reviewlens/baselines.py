@@ -1,0 +1,195 @@
+"""A fast keyword + sentiment model for simulations: TF-IDF character n-grams and logistic regressions.
+
+Active-learning and label-audit benchmarks retrain a model many times (rounds x strategies x seeds, or
+k folds); a transformer per round does not fit on a CPU. ``FastReviewModel`` gives the same answers as a
+bundle's scorer (keyword probabilities, calibrated thresholds, sentiment distributions of
+``(review, keyword)`` pairs, embeddings) in seconds, so ``reviewlens.selection`` and ``reviewlens.audit``
+can run on it unchanged. It is a stand-in for experiments, not a replacement of the trained bundle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .calibration import apply_thresholds, fit_thresholds
+from .data import ReviewDataset
+from .schema import LabelSchema
+
+
+@dataclass
+class FastModelConfig:
+    """Settings of the fast model; the defaults suit short Korean reviews."""
+
+    ngram_range: tuple[int, int] = (1, 3)
+    max_features: int = 200_000
+    keyword_c: float = 8.0
+    sentiment_c: float = 4.0
+    keyword_weight: float = 1.0  # scale of the keyword one-hot appended to the sentiment features
+    threshold_folds: int = 3  # out-of-fold keyword probabilities for the per-keyword thresholds (0: all 0.5)
+    threshold_min_support: int = 5
+    svd_components: int = 64
+    seed: int = 0
+
+
+class FastReviewModel:
+    """Keyword model (one logistic regression per keyword) and sentiment model over (text, keyword) pairs.
+
+    Implements the model protocol of ``reviewlens.selection`` (``keywords``, ``levels``, ``thresholds``,
+    ``keyword_probs``, ``sentiment_probs``, ``embed``) and ``predict`` for the pipeline metrics.
+    """
+
+    def __init__(self, schema: LabelSchema, config: FastModelConfig | None = None) -> None:
+        self.schema = schema
+        self.config = config or FastModelConfig()
+        self.keywords = list(schema.keywords)
+        self.levels = list(schema.levels)
+        self.thresholds: dict[str, float] = {}
+        self._vectorizer = None
+        self._keyword_models: list = []
+        self._sentiment_model = None
+        self._svd = None
+
+    # -- training -----------------------------------------------------------------------------------
+
+    def fit(self, dataset: ReviewDataset, unlabeled_texts: Iterable[str] = ()) -> "FastReviewModel":
+        """Train on the labeled reviews; ``unlabeled_texts`` only widen the TF-IDF vocabulary and the SVD."""
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        cfg = self.config
+        texts = dataset.texts
+        extra = list(unlabeled_texts)
+        self._vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=cfg.ngram_range,
+                                           max_features=cfg.max_features, sublinear_tf=True)
+        everything = self._vectorizer.fit_transform(texts + extra)
+        x = everything[: len(texts)]
+        y = self._targets(dataset)
+        self._keyword_models = self._fit_keywords(x, y)
+        self.thresholds = self._fit_thresholds(x, y) if cfg.threshold_folds > 1 else {}
+        self._fit_sentiment(dataset, x)
+        n_components = min(cfg.svd_components, everything.shape[1] - 1, everything.shape[0] - 1)
+        self._svd = TruncatedSVD(n_components, random_state=cfg.seed).fit(everything) if n_components >= 1 else None
+        return self
+
+    def _targets(self, dataset: ReviewDataset) -> np.ndarray:
+        y = np.zeros((len(dataset), len(self.keywords)), dtype=int)
+        index = {k: i for i, k in enumerate(self.keywords)}
+        for row, review in enumerate(dataset.reviews):
+            for keyword in review.labels or {}:
+                if keyword in index:
+                    y[row, index[keyword]] = 1
+        return y
+
+    def _fit_keywords(self, x, y: np.ndarray) -> list:
+        """One model per keyword; a constant (0 or 1) where the keyword has a single class."""
+        from sklearn.linear_model import LogisticRegression
+
+        models = []
+        for j in range(y.shape[1]):
+            column = y[:, j]
+            if column.min() == column.max():
+                models.append(float(column[0]) if len(column) else 0.0)
+                continue
+            model = LogisticRegression(C=self.config.keyword_c, solver="liblinear", max_iter=200)
+            models.append(model.fit(x, column))
+        return models
+
+    def _fit_thresholds(self, x, y: np.ndarray) -> dict[str, float]:
+        """Per-keyword thresholds (``calibration.fit_thresholds``) on out-of-fold probabilities."""
+        from sklearn.model_selection import KFold
+
+        folds = min(self.config.threshold_folds, y.shape[0])
+        if folds < 2:
+            return {}
+        oof = np.zeros(y.shape, dtype=float)
+        for train_idx, test_idx in KFold(folds, shuffle=True, random_state=self.config.seed).split(x):
+            models = self._fit_keywords(x[train_idx], y[train_idx])
+            oof[test_idx] = self._probs_from(models, x[test_idx])
+        return fit_thresholds(oof, y, self.keywords, self.config.threshold_min_support)
+
+    def _sentiment_features(self, x_text, keywords: Sequence[str]):
+        from scipy import sparse
+
+        index = {k: i for i, k in enumerate(self.keywords)}
+        cols = [index.get(k, -1) for k in keywords]
+        rows = [r for r, c in enumerate(cols) if c >= 0]
+        onehot = sparse.csr_matrix((np.full(len(rows), self.config.keyword_weight), (rows, [cols[r] for r in rows])),
+                                   shape=(len(keywords), len(self.keywords)))
+        return sparse.hstack([x_text, onehot]).tocsr()
+
+    def _fit_sentiment(self, dataset: ReviewDataset, x) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        rows, keywords, labels = [], [], []
+        for row, review in enumerate(dataset.reviews):
+            for keyword, level in (review.labels or {}).items():
+                if keyword in self.keywords and level in self.levels:
+                    rows.append(row)
+                    keywords.append(keyword)
+                    labels.append(self.levels.index(level))
+        if not labels:
+            self._sentiment_model = None
+            self._sentiment_prior = np.full(len(self.levels), 1.0 / len(self.levels))
+            return
+        counts = np.bincount(labels, minlength=len(self.levels)).astype(float)
+        self._sentiment_prior = counts / counts.sum()
+        if len(set(labels)) < 2:
+            self._sentiment_model = None
+            return
+        features = self._sentiment_features(x[rows], keywords)
+        model = LogisticRegression(C=self.config.sentiment_c, solver="lbfgs", max_iter=500)
+        self._sentiment_model = model.fit(features, labels)
+
+    # -- the selection model protocol -------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if self._vectorizer is None:
+            raise RuntimeError("FastReviewModel.fit must be called first")
+
+    @staticmethod
+    def _probs_from(models: list, x) -> np.ndarray:
+        out = np.zeros((x.shape[0], len(models)), dtype=float)
+        for j, model in enumerate(models):
+            out[:, j] = model if isinstance(model, float) else model.predict_proba(x)[:, 1]
+        return out
+
+    def keyword_probs(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, K) probability of each keyword."""
+        self._check_fitted()
+        if not len(texts):
+            return np.zeros((0, len(self.keywords)))
+        return self._probs_from(self._keyword_models, self._vectorizer.transform(list(texts)))
+
+    def sentiment_probs(self, texts: Sequence[str], keywords: Sequence[str]) -> np.ndarray:
+        """(n, L) distribution over the levels for each (text, keyword) pair."""
+        self._check_fitted()
+        if len(texts) != len(keywords):
+            raise ValueError(f"{len(texts)} texts but {len(keywords)} keywords")
+        out = np.tile(self._sentiment_prior, (len(texts), 1))
+        if self._sentiment_model is None or not len(texts):
+            return out
+        features = self._sentiment_features(self._vectorizer.transform(list(texts)), keywords)
+        probs = self._sentiment_model.predict_proba(features)
+        out[:] = 0.0
+        out[:, self._sentiment_model.classes_] = probs
+        return out
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, d) TruncatedSVD of the TF-IDF vectors (latent semantic analysis)."""
+        self._check_fitted()
+        x = self._vectorizer.transform(list(texts))
+        return self._svd.transform(x) if self._svd is not None else x.toarray()
+
+    def predict(self, texts: Sequence[str]) -> list[dict[str, int]]:
+        """``{keyword: level}`` per text: keywords above their thresholds, the most probable level of each."""
+        chosen = apply_thresholds(self.keyword_probs(texts), self.keywords, self.thresholds)
+        pairs = [(i, self.keywords[k]) for i in range(len(texts)) for k in np.flatnonzero(chosen[i])]
+        out: list[dict[str, int]] = [{} for _ in texts]
+        if pairs:
+            dists = self.sentiment_probs([texts[i] for i, _ in pairs], [k for _, k in pairs])
+            for (i, keyword), dist in zip(pairs, dists):
+                out[i][keyword] = self.levels[int(np.argmax(dist))]
+        return out
