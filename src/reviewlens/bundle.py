@@ -27,8 +27,10 @@ from .tasks import TEMPLATES
 
 MANIFEST = "reviewlens.json"
 FORMAT_VERSION = 1
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
-"""The bundled default model (a checkout's ``models/default``), used when a command gets no ``--model``."""
+DEFAULT_BUNDLE = Path(os.environ.get("REVIEWLENS_DEFAULT_BUNDLE",
+                                     Path(__file__).resolve().parents[2] / "models" / "default"))
+"""The bundled default model (a checkout's ``models/default``, or ``$REVIEWLENS_DEFAULT_BUNDLE``), used when a
+command gets no ``--model``."""
 
 
 def library_versions() -> dict[str, str]:

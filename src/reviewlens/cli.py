@@ -123,8 +123,8 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Labeled reviews in any format the readers take."),
     model: Optional[Path] = ModelOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON on stdout."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Directory for report.json, report.md, "
-                                          "confusion.png (default: next to nothing; printed only)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Directory for report.json, report.md and "
+                                          "confusion.png (default: reviewlens-reports/<data file stem>)."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows"),
 ) -> None:
     """Classification reports for keywords and sentiment, and the pipeline pair F1."""
@@ -134,9 +134,8 @@ def evaluate(
         result = evaluate_bundle(model, data, skip_bad_rows=skip_bad_rows)
     except ReviewlensError as exc:
         _fail(exc)
-    if output is not None:
-        paths = result.write(output)
-        typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
+    paths = result.write(output or Path("reviewlens-reports") / data.stem)
+    typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from .calibration import apply_thresholds
 from .data import ReviewDataset
 from .metrics import (category_f1, keyword_report, pair_f1, report_markdown, sentiment_confusion,
                       sentiment_report)
+
+logger = logging.getLogger(__name__)
 
 
 def _headline(report: dict, average: str = "micro") -> dict:
@@ -98,6 +101,8 @@ def evaluate_scorer(scorer, dataset: ReviewDataset, thresholds: dict[str, float]
     schema = dataset.schema
     texts = dataset.texts
     probs = scorer.keyword_probs(texts) if keyword_probs is None else keyword_probs
+    if probs.shape[1] < schema.num_keywords:  # gold keywords the model does not know: never predicted, all misses
+        probs = np.pad(probs, ((0, 0), (0, schema.num_keywords - probs.shape[1])))
     chosen = apply_thresholds(probs, schema.keywords, thresholds)
     gold = [r.labels or {} for r in dataset.reviews]
     gold_pairs = [(i, kw) for i, g in enumerate(gold) for kw in g]
@@ -130,10 +135,13 @@ def evaluate_bundle(model: str | Path | None, data, *, skip_bad_rows: bool = Fal
         dataset = data
     else:
         dataset = read_reviews(data, schema=schema, skip_bad_rows=skip_bad_rows, require_labels=True,
-                               aliases=schema.aliases or None)
+                               aliases=schema.aliases or None, allow_new_keywords=True)
+    new = [k for k in dataset.schema.keywords if k not in schema.keywords]
+    if new:
+        logger.warning("%s: %d gold keyword(s) unknown to the model count as misses: %s", dataset.source, len(new),
+                       ", ".join(new))
     if not dataset.labeled:
         raise ReviewlensError(f"{dataset.source}: evaluation needs labels on every review")
-    dataset.schema = schema
     if hasattr(analyzer, "evaluate"):  # a generative bundle evaluates through its own decoding
         return analyzer.evaluate(dataset)
     return evaluate_scorer(analyzer.scorer, dataset, analyzer.bundle.thresholds)
