@@ -1,10 +1,12 @@
 """Load test of the REST API on loopback: throughput, latency percentiles and failures, with and without
 micro-batching.
 
-Each mode starts its own ``reviewlens serve`` process with the given bundle, waits for ``/readyz``, warms up, then
-for every concurrency level sends a fixed number of requests (one review each, cycled from the example reviews)
-from that many concurrent clients, stopping early at a time bound. Throughput is answered requests per second of
-wall time; a reply counts as failed when it is not a 2xx or does not hold one result per review.
+Each mode gets its own ``reviewlens serve`` process with the given bundle (``--batching`` and ``--no-batching``:
+one analyzer call per request, one at a time). For every concurrency level a fixed number of requests (one review
+each, cycled from the example reviews) goes out from that many concurrent clients, in rounds that alternate between
+the modes so that a change in the machine's load hits both alike, stopping early at a time bound. Throughput is
+answered requests per second of sending time; a reply counts as failed when it is not a 2xx or does not hold one
+result per review.
 
     python benchmarks/load_api.py --model models/default
     python benchmarks/load_api.py --model path/to/bundle --quick        # fewer requests, shorter bound
@@ -82,7 +84,10 @@ def free_port() -> int:
 def start_server(model: Path, port: int, batching: bool, args: argparse.Namespace, log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "reviewlens.cli", "serve", "--model", str(model), "--port", str(port),
                "--log-level", "warning", "--batch-wait-ms", str(args.batch_wait_ms), "--max-batch",
-               str(args.max_batch), "--batching" if batching else "--no-batching"]
+               str(args.max_batch), "--batch-size", str(args.batch_size),
+               "--batching" if batching else "--no-batching"]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
     return subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
 
@@ -103,18 +108,24 @@ async def wait_ready(http, base: str, process: subprocess.Popen, log: Path, time
     raise SystemExit(f"the server was not ready in {timeout:.0f} s; log: {log}")
 
 
-async def server_stats(http, base: str) -> dict:
-    return (await http.get(f"{base}/readyz", timeout=10)).json().get("stats", {})
+async def server_stats(base: str) -> dict:
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        return (await http.get(f"{base}/readyz", timeout=30)).json().get("stats", {})
 
 
-async def run_level(http, base: str, mode: str, concurrency: int, n_requests: int, time_limit: float,
+async def run_level(base: str, mode: str, concurrency: int, n_requests: int, time_limit: float,
                     reviews: list[str], per_request: int, highlights: bool, request_timeout: float) -> LevelResult:
+    """One round: ``n_requests`` from ``concurrency`` clients on fresh connections (so none sat idle long enough
+    for the server to close it, which would show up as a failure that is the benchmark's, not the server's)."""
+    import httpx
+
     result = LevelResult(mode, concurrency, n_requests)
     counter = iter(range(n_requests))
-    start = time.perf_counter()
-    stop_at = start + time_limit
+    stop_at = float("inf")
 
-    async def client() -> None:
+    async def client(http) -> None:
         for i in counter:
             if time.perf_counter() > stop_at:
                 return
@@ -134,46 +145,77 @@ async def run_level(http, base: str, mode: str, concurrency: int, n_requests: in
                 result.failures += 1
                 result.reasons[reason] += 1
 
-    before = await server_stats(http, base)
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    result.wall = time.perf_counter() - start
-    after = await server_stats(http, base)
+    before = await server_stats(base)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits) as requests_client:
+        start = time.perf_counter()
+        stop_at = start + time_limit
+        await asyncio.gather(*(client(requests_client) for _ in range(concurrency)))
+        result.wall = time.perf_counter() - start
+    after = await server_stats(base)
     result.calls = after.get("calls", 0) - before.get("calls", 0)
     result.reviews = after.get("reviews", 0) - before.get("reviews", 0)
     return result
 
 
-async def run_mode(model: Path, batching: bool, args: argparse.Namespace, reviews: list[str]) -> list[LevelResult]:
+MODES = {"batching": "micro-batching", "serial": "one-at-a-time"}
+
+
+def merge(total: LevelResult, part: LevelResult) -> None:
+    total.latencies += part.latencies
+    total.failures += part.failures
+    total.reasons.update(part.reasons)
+    total.wall += part.wall
+    total.calls += part.calls
+    total.reviews += part.reviews
+
+
+async def run_all(model: Path, modes: list[str], args: argparse.Namespace, reviews: list[str]) -> list[LevelResult]:
+    """Start one server per mode, then run every level in rounds that alternate between the modes, so a change
+    in the machine's load during the run hits both modes alike."""
     import httpx
 
-    mode = "micro-batching" if batching else "one-at-a-time"
-    port = free_port()
-    log = Path(args.log_dir) / f"serve-{'batching' if batching else 'serial'}.log"
-    process = start_server(model, port, batching, args, log)
-    base = f"http://127.0.0.1:{port}"
-    limits = httpx.Limits(max_connections=max(args.concurrency) + 4, max_keepalive_connections=max(args.concurrency))
+    servers = {}
     try:
-        async with httpx.AsyncClient(limits=limits) as http:
-            await wait_ready(http, base, process, log, args.ready_timeout)
-            for i in range(args.warmup):
-                await http.post(f"{base}/v1/analyze", json={"reviews": [reviews[i % len(reviews)]],
-                                                            "highlights": args.highlights}, timeout=60)
-            results = []
-            for concurrency in args.concurrency:
-                level = await run_level(http, base, mode, concurrency, args.requests, args.time_limit, reviews,
-                                        args.reviews_per_request, args.highlights, args.request_timeout)
+        for mode in modes:
+            port = free_port()
+            log = Path(args.log_dir) / f"serve-{mode}.log"
+            servers[mode] = (start_server(model, port, mode == "batching", args, log), f"http://127.0.0.1:{port}", log)
+        for mode, (process, base, log) in servers.items():
+            async with httpx.AsyncClient() as http:
+                await wait_ready(http, base, process, log, args.ready_timeout)
+                for i in range(args.warmup):
+                    await http.post(f"{base}/v1/analyze", json={"reviews": [reviews[i % len(reviews)]],
+                                                                "highlights": args.highlights}, timeout=120)
+        results = []
+        for concurrency in args.concurrency:
+            totals = {mode: LevelResult(MODES[mode], concurrency, args.requests) for mode in modes}
+            per_round = -(-args.requests // args.rounds)
+            for round_ in range(args.rounds):
+                order = modes if round_ % 2 == 0 else modes[::-1]
+                for mode in order:
+                    left = args.requests - totals[mode].sent
+                    if left <= 0 or totals[mode].wall >= args.time_limit:
+                        continue
+                    part = await run_level(servers[mode][1], MODES[mode], concurrency, min(per_round, left),
+                                           args.time_limit - totals[mode].wall, reviews,
+                                           args.reviews_per_request, args.highlights, args.request_timeout)
+                    merge(totals[mode], part)
+            for level in totals.values():
                 reasons = f" failures: {dict(level.reasons)}" if level.failures else ""
-                print(f"  {mode:>14}  c={concurrency:<3} {level.ok}/{level.sent} ok in {level.wall:.1f} s{reasons}",
-                      file=sys.stderr, flush=True)
-                results.append(level)
-            return results
+                print(f"  {level.mode:>14}  c={concurrency:<3} {level.ok}/{level.sent} ok in {level.wall:.1f} s"
+                      f"{reasons}", file=sys.stderr, flush=True)
+            results += totals.values()
+        return results
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        for process, _, _ in servers.values():
+            process.terminate()
+        for process, _, _ in servers.values():
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
 
 
 def print_tables(results: list[LevelResult], args: argparse.Namespace) -> None:
@@ -205,7 +247,8 @@ def print_tables(results: list[LevelResult], args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="Bundle directory (default: models/default).")
-    parser.add_argument("--quick", action="store_true", help="96 requests a level, 30 s bound (default 256, 90 s).")
+    parser.add_argument("--quick", action="store_true", help="96 requests a level, 30 s bound a level and mode "
+                        "(default 256, 60 s).")
     parser.add_argument("--requests", type=int, default=None, help="Requests per concurrency level.")
     parser.add_argument("--time-limit", type=float, default=None, help="Seconds per level before it stops sending.")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
@@ -214,6 +257,10 @@ def main() -> None:
     parser.add_argument("--modes", default="batching,serial", help="batching, serial or both (comma-separated).")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="The server's sequences per forward pass.")
+    parser.add_argument("--threads", type=int, default=None, help="The server's torch threads (default: torch's; "
+                        "1 on a machine shared with other work).")
+    parser.add_argument("--rounds", type=int, default=4, help="Rounds per level, alternating between the modes.")
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--request-timeout", type=float, default=120.0, help="Seconds before a request counts as "
                         "failed.")
@@ -222,7 +269,7 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the server processes are stopped on kill
     args.requests = args.requests or (96 if args.quick else 256)
-    args.time_limit = args.time_limit or (30.0 if args.quick else 90.0)
+    args.time_limit = args.time_limit or (30.0 if args.quick else 60.0)
     model = args.model or (DEFAULT_MODEL if (DEFAULT_MODEL / "reviewlens.json").exists() else None)
     if model is None:
         raise SystemExit(f"no --model given and {DEFAULT_MODEL} does not exist; pass --model BUNDLE_DIR")
@@ -231,12 +278,12 @@ def main() -> None:
     print(f"model {model}; {os.cpu_count()} CPU core(s), load average {os.getloadavg()[0]:.1f} at start; "
           f"{args.requests} requests a level (bound {args.time_limit:.0f} s), {args.reviews_per_request} review(s) a "
           f"request, highlights {'on' if args.highlights else 'off'}, batch wait {args.batch_wait_ms} ms, "
-          f"max batch {args.max_batch}", flush=True)
-    results: list[LevelResult] = []
-    for mode in modes:
-        if mode not in ("batching", "serial"):
-            raise SystemExit(f"unknown mode {mode!r}; use batching and/or serial")
-        results += asyncio.run(run_mode(model, mode == "batching", args, reviews))
+          f"max batch {args.max_batch}, server torch threads {args.threads or 'default'}, {args.rounds} alternating "
+          "rounds a level", flush=True)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise SystemExit(f"unknown mode(s) {unknown}; use batching and/or serial")
+    results = asyncio.run(run_all(model, modes, args, reviews))
     print_tables(results, args)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 

@@ -42,6 +42,15 @@ def build_tiny_causal_lm(directory: Path, texts: list[str], vocab_size: int = 70
     return directory
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads; one thread does not spin on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def fashion():
     return read_reviews(FASHION_CSV)

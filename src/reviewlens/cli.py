@@ -181,6 +181,9 @@ def analyze(
     batch_size: int = typer.Option(64, "--batch-size"),
     chunk_size: int = typer.Option(256, "--chunk-size", help="Reviews per progress step."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows"),
+    engine: str = typer.Option("local", "--engine", help="local | ray (reviewlens[ray]: --input is a file, directory "
+                               "or glob, --output a directory of Parquet files; reruns skip finished files)."),
+    workers: int = typer.Option(2, "--workers", help="Ray actors, each loading the model once (--engine ray)."),
 ) -> None:
     """Keywords, sentiment and highlights of reviews given as arguments or in a file."""
     from tqdm import tqdm
@@ -188,6 +191,22 @@ def analyze(
     from .analyzer import ReviewAnalyzer
     from .data import atomic_write_text, read_texts
 
+    if engine not in ("local", "ray"):
+        _fail(ReviewlensError(f"--engine must be local or ray, not {engine!r}"))
+    if engine == "ray":
+        from .distributed import analyze_with_ray, summarize
+
+        try:
+            if input is None or output is None:
+                raise ReviewlensError("--engine ray needs --input (a file, directory or glob) and --output DIR")
+            report = analyze_with_ray(model, input, output, num_workers=workers, batch_size=batch_size,
+                                      highlights=highlights, top_k=top_k, skip_bad_rows=skip_bad_rows,
+                                      rows_per_block=chunk_size)
+            typer.echo(summarize(report), err=True)
+            report.raise_for_failures()
+        except ReviewlensError as exc:
+            _fail(exc)
+        return
     if fmt not in ("table", "json", "jsonl", "csv"):
         _fail(ReviewlensError(f"--format must be table, json, jsonl or csv, not {fmt!r}"))
     try:
@@ -280,6 +299,8 @@ def serve(
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Merge concurrent requests into one "
                                   "model call (off: one call per request, one at a time)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Sequences per forward pass."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per worker (default: one per "
+                                          "core; 1 on a shared box or with several workers)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve a bundle over HTTP: POST /v1/analyze, GET /v1/schema, /healthz, /readyz, /docs (FastAPI)."""
@@ -288,7 +309,7 @@ def serve(
 
         config = ServeConfig(model=str(model) if model is not None else None, max_reviews=max_reviews,
                              max_chars=max_chars, batch_wait_ms=batch_wait_ms, max_batch=max_batch,
-                             batching=batching, scorer_batch_size=batch_size)
+                             batching=batching, scorer_batch_size=batch_size, torch_threads=threads)
         run_server(config, host=host, port=port, workers=workers, log_level=log_level)
     except ReviewlensError as exc:
         _fail(exc)

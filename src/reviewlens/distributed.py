@@ -38,6 +38,8 @@ INPUT_SUFFIXES = (".csv", ".jsonl", ".parquet", ".txt")
 OUTPUT_COLUMNS = ("id", "text", "completion", "keywords")
 """The columns of ``reviewlens analyze --format csv`` (see ``cli._analysis_rows``)."""
 _ROUTING_COLUMNS = ("source", "rows_in_file", "error")
+WAIT_FOR_ACTORS_S = 900
+"""How long the pipeline waits for all ``num_workers`` actors to start before it fails (not hangs)."""
 
 
 @dataclass
@@ -57,6 +59,7 @@ class RayAnalysisReport:
 
     files: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
+    rows_per_worker: dict[str, int] = field(default_factory=dict)  # "node:pid" of each actor -> reviews
 
     def by_status(self, status: str) -> list[FileResult]:
         return [f for f in self.files if f.status == status]
@@ -179,6 +182,7 @@ class BundleAnalyzer:
         torch.set_num_threads(max(1, threads))
         self.analyzer = ReviewAnalyzer.from_pretrained(model, batch_size=batch_size)
         self.highlights, self.top_k = highlights, top_k
+        self.worker = f"{ray_node_ip()}:{os.getpid()}"
 
     def __call__(self, table):
         import pyarrow as pa
@@ -194,8 +198,20 @@ class BundleAnalyzer:
             for name in OUTPUT_COLUMNS:
                 out[name][i] = row[name]
         out.update({name: data[name] for name in _ROUTING_COLUMNS})
-        schema = pa.schema([f for f in _read_schema() if f.name in _ROUTING_COLUMNS] + list(_output_schema()))
+        out["worker"] = [self.worker] * table.num_rows
+        schema = pa.schema([f for f in _read_schema() if f.name in _ROUTING_COLUMNS] + list(_output_schema())
+                           + [pa.field("worker", pa.string())])
         return pa.Table.from_pydict({name: out[name] for name in schema.names}, schema=schema)
+
+
+def ray_node_ip() -> str:
+    """This Ray node's IP address (``local`` outside Ray)."""
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # pragma: no cover - outside a Ray worker
+        return "local"
 
 
 # -- writing (driver) --------------------------------------------------------------------------------------
@@ -298,16 +314,19 @@ def analyze_with_ray(model: str | os.PathLike | None, inputs: str | os.PathLike 
         ds = ray.data.from_items([{"path": str(p)} for p in pending], override_num_blocks=len(pending))
         ds.context.execution_options.preserve_order = True  # rows come back in file and row order
         ds.context.enable_progress_bars = False
-        ds = ds.map_batches(read_files, batch_size=1, batch_format="numpy", num_cpus=0,
+        ds.context.wait_for_min_actors_s = WAIT_FOR_ACTORS_S  # every worker gets work, or a clear timeout
+        ds = ds.map_batches(read_files, batch_size=1, batch_format="numpy",
                             fn_kwargs={"skip_bad_rows": skip_bad_rows,
                                        "rejects_dir": str(output_dir) if skip_bad_rows else None})
-        ds = ds.repartition(target_num_rows_per_block=rows_per_block)
-        ds = ds.map_batches(BundleAnalyzer, batch_size=None, batch_format="pyarrow", num_cpus=cpus_per_worker,
+        ds = ds.repartition(target_num_rows_per_block=rows_per_block)  # spreads one file over the actors
+        ds = ds.map_batches(BundleAnalyzer, batch_size=None, batch_format="pyarrow",
+                            num_cpus=actor_cpus(ray.cluster_resources().get("CPU", 1.0), num_workers,
+                                                cpus_per_worker),
                             compute=ray.data.ActorPoolStrategy(size=num_workers),
                             fn_constructor_kwargs={"model": str(model_path), "batch_size": batch_size,
                                                    "highlights": highlights, "top_k": top_k,
                                                    "threads": max(1, int(cpus_per_worker))})
-        report.files += _write_outputs(ds, outputs, {"model": str(model_path)})
+        report.files += _write_outputs(ds, outputs, {"model": str(model_path)}, report.rows_per_worker)
     finally:
         report.seconds = time.perf_counter() - start
         if started_ray:
@@ -317,7 +336,25 @@ def analyze_with_ray(model: str | os.PathLike | None, inputs: str | os.PathLike 
     return report
 
 
-def _write_outputs(ds, outputs: dict[Path, Path], metadata: dict[str, str]) -> list[FileResult]:
+def actor_cpus(cluster_cpus: float, num_workers: int, cpus_per_worker: float) -> float:
+    """The CPUs each actor asks Ray for: ``cpus_per_worker``, less when the actors would leave no CPU free.
+
+    The read tasks need one free CPU; actors that hold every CPU of the cluster would starve them (a hang).
+    """
+    free = cluster_cpus - 1.0
+    if num_workers * cpus_per_worker <= free:
+        return cpus_per_worker
+    share = round(free / num_workers, 2)
+    if share <= 0:
+        raise ReviewlensError(f"the Ray cluster has {cluster_cpus:g} CPU(s): the actors need at least 2 "
+                              "(one stays free for reading); start Ray with more CPUs")
+    logger.warning("%d worker(s) x %g CPU would leave no CPU for reading on this %g-CPU cluster; each worker "
+                   "reserves %g CPU instead", num_workers, cpus_per_worker, cluster_cpus, share)
+    return share
+
+
+def _write_outputs(ds, outputs: dict[Path, Path], metadata: dict[str, str],
+                   rows_per_worker: dict[str, int]) -> list[FileResult]:
     """Stream the analysed rows into one output file per input; returns the finished and failed files."""
     import pyarrow.compute as pc
 
@@ -325,6 +362,9 @@ def _write_outputs(ds, outputs: dict[Path, Path], metadata: dict[str, str]) -> l
     results: list[FileResult] = []
     try:
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            live = table.filter(pc.is_null(table["error"]))
+            for worker, count in zip(*pc.value_counts(live["worker"]).flatten()):
+                rows_per_worker[worker.as_py()] = rows_per_worker.get(worker.as_py(), 0) + count.as_py()
             for source in pc.unique(table["source"]).to_pylist():
                 rows = table.filter(pc.equal(table["source"], source))
                 out = outputs[Path(source)]
@@ -353,6 +393,7 @@ def _write_outputs(ds, outputs: dict[Path, Path], metadata: dict[str, str]) -> l
 def summarize(report: RayAnalysisReport) -> str:
     """One line for people: files done, skipped and failed, rows and reviews per second."""
     rate = report.rows / report.seconds if report.seconds else 0.0
-    return (f"{len(report.by_status('done'))} file(s) analysed ({report.rows:,} reviews, {rate:,.1f} reviews/s), "
-            f"{len(report.by_status('skipped'))} skipped (output exists), {len(report.by_status('failed'))} failed")
+    return (f"{len(report.by_status('done'))} file(s) analysed ({report.rows:,} reviews, {rate:,.1f} reviews/s, "
+            f"{len(report.rows_per_worker)} worker(s)), {len(report.by_status('skipped'))} skipped (output exists), "
+            f"{len(report.by_status('failed'))} failed")
 

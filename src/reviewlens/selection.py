@@ -111,6 +111,8 @@ def encoder_embeddings(scorer, texts: Sequence[str], which: str = "keyword") -> 
             with torch.inference_mode():
                 ids = torch.from_numpy(batch["input_ids"]).to(scorer.device)
                 mask = torch.from_numpy(batch["attention_mask"]).to(scorer.device)
+                if hasattr(model, "pool"):  # MeanPoolingClassifier: its own masked mean
+                    return model.pool(ids, mask).float().cpu().numpy()
                 hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
                 weights = mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
@@ -136,7 +138,8 @@ class SelectionContext:
 
     def __init__(self, texts: Sequence[str], model: SelectionModel, *, ids: Sequence[str] | None = None,
                  shops: Sequence[str | None] | None = None, categories: Sequence[str | None] | None = None,
-                 first_texts: Sequence[str] | None = None, sentencepiece_model: bytes | None = None) -> None:
+                 first_texts: Sequence[str] | None = None, sentencepiece_model: bytes | None = None,
+                 text_cache: dict | None = None) -> None:
         self.texts = list(texts)
         n = len(self.texts)
         self.model = model
@@ -148,6 +151,7 @@ class SelectionContext:
         self.first_texts = list(first_texts) if first_texts is not None else None
         self.sentencepiece_model = sentencepiece_model
         self._cache: dict[str, object] = {}
+        self._text_cache = text_cache if text_cache is not None else {}
 
     @classmethod
     def from_dataset(cls, dataset, model: SelectionModel, **kwargs) -> "SelectionContext":
@@ -164,6 +168,22 @@ class SelectionContext:
         if key not in self._cache:
             self._cache[key] = compute()
         return self._cache[key]
+
+    def cached_text(self, key: str, compute):
+        """``compute()`` once per key for results that depend on the texts alone; contexts built with one
+        ``text_cache`` dict over the same pool (rounds of a simulation) share them."""
+        if key not in self._text_cache:
+            self._text_cache[key] = compute()
+        return self._text_cache[key]
+
+    def duplicate_vectors(self):
+        """``(vectorizer, vectors)``: L2-normalised character 2-3-gram sets of the exact keys, for near duplicates."""
+        def compute():
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(2, 3), binary=True, use_idf=False)
+            return vectorizer, vectorizer.fit_transform(self.exact_keys).tocsr()
+        return self.cached_text("duplicate-vectors", compute)
 
     @cached_property
     def keyword_probs(self) -> np.ndarray:
@@ -201,9 +221,9 @@ class SelectionContext:
         """(n, d) embeddings of the pool texts."""
         return np.asarray(self.model.embed(self.texts), dtype=float)
 
-    @cached_property
+    @property
     def exact_keys(self) -> list[str]:
-        return [normalize_text(t) for t in self.texts]
+        return self.cached_text("exact-keys", lambda: [normalize_text(t) for t in self.texts])
 
     def completions(self, indices: Sequence[int]) -> list[str]:
         """The model's completion string of each review in ``indices``: ``디자인 1, 배송 -1``.
@@ -361,14 +381,22 @@ class RareText(QueryStrategy):
         model = self.sentencepiece_model or context.sentencepiece_model
         if model is None:
             first = context.first_texts if context.first_texts is not None else context.texts[: self.first_n]
-            model = context.cached(f"spm:{self.vocab_size}", lambda: train_sentencepiece(first, self.vocab_size))
+            digest = hashlib.sha256("\n".join(first).encode("utf-8", "surrogatepass")).hexdigest()
+            model = context.cached_text(f"spm:{self.vocab_size}:{digest}",
+                                        lambda: train_sentencepiece(first, self.vocab_size))
         return spm.SentencePieceProcessor(model_proto=model)
 
     def score(self, context: SelectionContext) -> np.ndarray:
         sp = self.processor(context)
+        key = "rare-text:" + hashlib.sha256(sp.serialized_model_proto()).hexdigest()
+        return context.cached_text(key, lambda: self.rarity(sp, context.texts))
+
+    @staticmethod
+    def rarity(sp, texts: Sequence[str]) -> np.ndarray:
+        """Mean piece rarity of each text under the SentencePiece processor ``sp``."""
         size, unk = sp.get_piece_size(), sp.unk_id()
-        out = np.zeros(len(context))
-        for i, pieces in enumerate(sp.encode(context.texts)):
+        out = np.zeros(len(texts))
+        for i, pieces in enumerate(sp.encode(list(texts))):
             if pieces:
                 ids = np.asarray(pieces)
                 out[i] = np.where(ids == unk, 1.0, ids / size).mean()
@@ -535,13 +563,9 @@ class _Picker:
         self.block_size = block_size
         self.vectors = self.reference = None
         if near_duplicate is not None and len(context):
-            from sklearn.feature_extraction.text import TfidfVectorizer
-
-            keys = context.exact_keys
-            reference_keys = [normalize_text(t) for t in reference_texts]
-            vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(2, 3), binary=True, use_idf=False)
-            vectors = vectorizer.fit_transform(keys + reference_keys).tocsr()
-            self.vectors, self.reference = vectors[: len(keys)], vectors[len(keys):]
+            vectorizer, self.vectors = context.duplicate_vectors()
+            if len(reference_texts):  # n-grams outside the pool's vocabulary cannot match a pool review anyway
+                self.reference = vectorizer.transform([normalize_text(t) for t in reference_texts])
 
     def _near(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows),) the highest similarity of each row to a reference text or an already-taken review."""

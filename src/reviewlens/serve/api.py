@@ -52,11 +52,16 @@ class ServeConfig:
     """False: one analyzer call per request, one at a time (the baseline of benchmarks/load_api.py)."""
     scorer_batch_size: int = 64
     """Sequences per forward pass inside the analyzer."""
+    torch_threads: int | None = None
+    """torch intra-op threads (None: torch's default, one per core). 1 is best on a box shared with other work,
+    or with several ``--workers``."""
 
     def __post_init__(self) -> None:
         for name in ("max_reviews", "max_chars", "max_batch", "scorer_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ReviewlensError(f"serve setting {name} must be at least 1, not {getattr(self, name)!r}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ReviewlensError(f"serve setting torch_threads must be at least 1, not {self.torch_threads!r}")
         if self.batch_wait_ms < 0:
             raise ReviewlensError(f"serve setting batch_wait_ms must be >= 0, not {self.batch_wait_ms!r}")
 
@@ -423,11 +428,16 @@ def _field_name(loc: Sequence) -> str:
 
 def create_app(model: str | os.PathLike | Any | None = None, *, max_reviews: int = 64, max_chars: int = 2000,
                batch_wait_ms: float = 5.0, max_batch: int = 64, batching: bool = True,
-               scorer_batch_size: int = 64) -> FastAPI:
+               scorer_batch_size: int = 64, torch_threads: int | None = None) -> FastAPI:
     """The FastAPI app serving one bundle: ``model`` is a bundle directory (None: the default) or a loaded
     ``ReviewAnalyzer``. A path's manifest is checked at once and its weights load in the background at startup."""
     config = ServeConfig(model=None, max_reviews=max_reviews, max_chars=max_chars, batch_wait_ms=batch_wait_ms,
-                         max_batch=max_batch, batching=batching, scorer_batch_size=scorer_batch_size)
+                         max_batch=max_batch, batching=batching, scorer_batch_size=scorer_batch_size,
+                         torch_threads=torch_threads)
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
     slot = ModelSlot(model, batch_size=config.scorer_batch_size)
     runner = MicroBatcher(slot.analyze, max_batch=config.max_batch, wait_ms=config.batch_wait_ms) \
         if config.batching else SerialRunner(slot.analyze)
@@ -547,7 +557,7 @@ def app_from_env() -> FastAPI:
     config = ServeConfig.from_env()
     return create_app(config.model, max_reviews=config.max_reviews, max_chars=config.max_chars,
                       batch_wait_ms=config.batch_wait_ms, max_batch=config.max_batch, batching=config.batching,
-                      scorer_batch_size=config.scorer_batch_size)
+                      scorer_batch_size=config.scorer_batch_size, torch_threads=config.torch_threads)
 
 
 def run_server(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,

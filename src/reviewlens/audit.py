@@ -1,0 +1,546 @@
+"""Which labels look wrong: confident-learning flags on out-of-fold probabilities, and keyword tagging rules.
+
+The seed found its fashion labels wrong by reading them ("패션데이터셋 라벨 오류 확인": 신축성 on reviews
+that never mention stretch). This module finds such labels for a person to read:
+
+- ``out_of_fold_predictions`` trains k models (``reviewlens.training.train`` with any ``TrainConfig``, or
+  any other ``fit``) so that every review is scored by a model that never saw its labels;
+  ``bundle_predictions`` is the fast mode: one trained bundle's predictions (in-sample, so it finds fewer).
+- ``find_label_issues`` applies confident learning (Northcutt et al., 2021) per label: a keyword is a
+  binary class per review (labeled / not labeled) and a sentiment label is one of the levels. The
+  threshold of each class is the mean self-confidence of the examples given that class; a label is
+  flagged when the model is at least that sure of another class. Issues are ranked by self-confidence
+  (the probability of the given label), lowest first.
+- ``TaggingRule`` (``load_rules``; ``rules/fashion.yaml`` ships the seed's guideline) flags reviews
+  whose words call for a keyword the labels lack, or forbid one they have.
+
+No cleanlab (AGPL-3.0) code is used; the method is re-implemented from the paper.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .data import ReviewDataset
+from .errors import ReviewlensError
+
+logger = logging.getLogger(__name__)
+
+ISSUE_COLUMNS = ["rank", "id", "kind", "keyword", "given", "suggested", "self_confidence", "threshold", "rule",
+                 "detail", "labels", "text"]
+KINDS = {
+    "keyword_extra": "labeled, but the model is sure the keyword is absent",
+    "keyword_missing": "not labeled, but the model is sure the keyword is there",
+    "sentiment": "the model is sure of another level",
+    "rule": "breaks a keyword tagging rule",
+}
+
+
+# -- model probabilities for the labels ------------------------------------------------------------------
+
+
+@dataclass
+class Predictions:
+    """Probabilities for a dataset's labels, in its schema's order (NaN where the model lacks a keyword/level).
+
+    ``keyword_probs`` (n, K): every keyword of every review. ``sentiment_probs`` (m, L): the level
+    distribution of every labeled (review, keyword) pair in ``pairs``.
+    """
+
+    keyword_probs: np.ndarray
+    pairs: list[tuple[int, str]]
+    sentiment_probs: np.ndarray
+    method: str = ""
+
+
+def labeled_pairs(dataset: ReviewDataset) -> list[tuple[int, str]]:
+    """(review index, keyword) of every labeled keyword."""
+    return [(i, k) for i, r in enumerate(dataset.reviews) for k in (r.labels or {})]
+
+
+def predictions_from_model(dataset: ReviewDataset, model, indices: Sequence[int] | None = None,
+                           method: str = "") -> Predictions:
+    """Score ``dataset`` (or the reviews at ``indices``) with a model that has ``keyword_probs``,
+    ``sentiment_probs``, ``keywords`` and ``levels`` (a bundle via ``selection.BundleSelectionModel``, or
+    ``baselines.FastReviewModel``); keywords and levels are matched by name."""
+    schema = dataset.schema
+    rows = list(range(len(dataset))) if indices is None else list(indices)
+    texts = [dataset.reviews[i].text for i in rows]
+    model_keywords = list(model.keywords)
+    raw = np.asarray(model.keyword_probs(texts), dtype=float).reshape(len(rows), len(model_keywords))
+    keyword_probs = np.full((len(dataset), schema.num_keywords), np.nan)
+    for j, keyword in enumerate(schema.keywords):
+        if keyword in model_keywords:
+            keyword_probs[rows, j] = raw[:, model_keywords.index(keyword)]
+    row_set = set(rows)
+    pairs = [(i, k) for i, k in labeled_pairs(dataset) if i in row_set]
+    sentiment = np.full((len(pairs), schema.num_levels), np.nan)
+    known = [p for p, (_, k) in enumerate(pairs) if k in model_keywords]
+    if known:
+        dists = np.asarray(model.sentiment_probs([dataset.reviews[pairs[p][0]].text for p in known],
+                                                 [pairs[p][1] for p in known]), dtype=float)
+        model_levels = list(model.levels)
+        for j, level in enumerate(schema.levels):
+            if level in model_levels:
+                sentiment[known, j] = dists[:, model_levels.index(level)]
+    return Predictions(keyword_probs, pairs, sentiment, method)
+
+
+def bundle_predictions(dataset: ReviewDataset, model: str | Path | None, *, batch_size: int = 64) -> Predictions:
+    """The fast mode: one trained bundle's predictions. A bundle trained on these labels has seen them,
+    so it flags fewer errors than out-of-fold training; use it to screen, k-fold to audit."""
+    from .selection import BundleSelectionModel
+
+    return predictions_from_model(dataset, BundleSelectionModel.from_pretrained(model, batch_size=batch_size),
+                                  method=f"in-sample predictions of bundle {model} (fast mode)")
+
+
+def kfold_indices(n: int, folds: int, seed: int = 42) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled k-fold (train, held-out) index pairs."""
+    if folds < 2:
+        raise ReviewlensError(f"out-of-fold predictions need at least 2 folds, not {folds}")
+    if n < folds:
+        raise ReviewlensError(f"{n} review(s) cannot be split into {folds} folds")
+    order = np.random.default_rng(seed).permutation(n)
+    parts = np.array_split(order, folds)
+    return [(np.sort(np.concatenate(parts[:f] + parts[f + 1:])), np.sort(parts[f])) for f in range(folds)]
+
+
+def transformer_fit(config, workdir: str | Path) -> Callable[[ReviewDataset, int], object]:
+    """A ``fit`` for ``out_of_fold_predictions``: ``reviewlens.training.train`` with ``config`` per fold,
+    each fold's bundle written to ``workdir/fold-<i>``."""
+    from .selection import BundleSelectionModel
+    from .training import TrainConfig, train
+
+    config = replace(config or TrainConfig(), checkpoint_dir=None)  # each fold checkpoints next to its bundle
+
+    def fit(part: ReviewDataset, fold: int):
+        bundle = train(part, Path(workdir) / f"fold-{fold}", config)
+        return BundleSelectionModel.from_pretrained(bundle.path)
+
+    return fit
+
+
+def out_of_fold_predictions(dataset: ReviewDataset, config=None, *, folds: int = 5, seed: int = 42,
+                            fit: Callable[[ReviewDataset, int], object] | None = None,
+                            workdir: str | Path | None = None) -> Predictions:
+    """Every review scored by a model trained on the other folds.
+
+    ``fit(train_part, fold) -> model`` defaults to transformer training with ``config`` (a TrainConfig:
+    base, epochs, ...); the fold bundles go to ``workdir``, or to a temporary folder removed afterwards.
+    """
+    if not dataset.labeled:
+        raise ReviewlensError(f"{dataset.source}: an audit needs labels on every review")
+    if fit is None:
+        base = getattr(config, "base", None) if config is not None else None
+        method = f"out-of-fold predictions, {folds} folds" + (f", base {base}" if base else "")
+        if workdir is None:
+            with tempfile.TemporaryDirectory(prefix="reviewlens-audit-") as tmp:
+                return _out_of_fold(dataset, transformer_fit(config, tmp), folds, seed, method)
+        return _out_of_fold(dataset, transformer_fit(config, workdir), folds, seed, method)
+    return _out_of_fold(dataset, fit, folds, seed, f"out-of-fold predictions, {folds} folds")
+
+
+def _out_of_fold(dataset: ReviewDataset, fit, folds: int, seed: int, method: str) -> Predictions:
+    schema = dataset.schema
+    keyword_probs = np.full((len(dataset), schema.num_keywords), np.nan)
+    pairs = labeled_pairs(dataset)
+    pair_index = {pair: p for p, pair in enumerate(pairs)}
+    sentiment = np.full((len(pairs), schema.num_levels), np.nan)
+    for fold, (train_idx, test_idx) in enumerate(kfold_indices(len(dataset), folds, seed)):
+        logger.info("audit fold %d/%d: training on %d reviews", fold + 1, folds, len(train_idx))
+        model = fit(dataset.subset(train_idx), fold)
+        part = predictions_from_model(dataset, model, test_idx)
+        keyword_probs[test_idx] = part.keyword_probs[test_idx]
+        for p, pair in enumerate(part.pairs):
+            sentiment[pair_index[pair]] = part.sentiment_probs[p]
+    return Predictions(keyword_probs, pairs, sentiment, method)
+
+
+# -- confident learning ----------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelIssue:
+    """One suspected wrong label (or rule violation) of one review."""
+
+    row: int
+    id: str
+    kind: str  # keyword_extra | keyword_missing | sentiment | rule
+    keyword: str
+    given: str
+    suggested: str
+    self_confidence: float | None = None  # the model's probability of the given label
+    threshold: float | None = None  # the mean self-confidence of the given class
+    rule: str = ""
+    detail: str = ""
+
+    def sort_key(self) -> tuple:
+        return (self.self_confidence if self.self_confidence is not None else 2.0, self.row, self.keyword)
+
+
+def _confident_class(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Per row, the class with the highest probability among those at or above their threshold; -1 if none."""
+    above = probs >= thresholds[None, :]
+    masked = np.where(above, probs, -np.inf)
+    best = masked.argmax(axis=1)
+    return np.where(above.any(axis=1), best, -1)
+
+
+def _class_thresholds(probs: np.ndarray, given: np.ndarray, n_classes: int) -> np.ndarray:
+    """Mean self-confidence of each class over the examples given it (inf for a class no example has)."""
+    out = np.full(n_classes, np.inf)
+    for c in range(n_classes):
+        mask = given == c
+        if mask.any():
+            out[c] = float(np.mean(probs[mask, c]))
+    return out
+
+
+def find_label_issues(dataset: ReviewDataset, predictions: Predictions) -> list[LabelIssue]:
+    """Confident-learning flags for every keyword label (present/absent) and sentiment label, ranked."""
+    schema = dataset.schema
+    reviews = dataset.reviews
+    issues: list[LabelIssue] = []
+    given = np.zeros((len(dataset), schema.num_keywords), dtype=int)
+    for i, review in enumerate(reviews):
+        for keyword in review.labels or {}:
+            given[i, schema.keyword_index(keyword)] = 1
+    for j, keyword in enumerate(schema.keywords):
+        p = predictions.keyword_probs[:, j]
+        scored = ~np.isnan(p)
+        if not scored.any():
+            continue
+        rows = np.flatnonzero(scored)
+        two = np.stack([1.0 - p[rows], p[rows]], axis=1)
+        labels = given[rows, j]
+        thresholds = _class_thresholds(two, labels, 2)
+        confident = _confident_class(two, thresholds)
+        for r, label, chosen, probs in zip(rows, labels, confident, two):
+            if chosen < 0 or chosen == label:
+                continue
+            review = reviews[r]
+            if label == 1:
+                issues.append(LabelIssue(int(r), review.id, "keyword_extra", keyword,
+                                         f"{keyword} {review.labels[keyword]}", f"remove {keyword}",
+                                         float(probs[1]), float(thresholds[1])))
+            else:
+                issues.append(LabelIssue(int(r), review.id, "keyword_missing", keyword, "(not labeled)",
+                                         f"add {keyword}", float(probs[0]), float(thresholds[0])))
+    dists = predictions.sentiment_probs
+    pairs = predictions.pairs
+    if len(pairs):
+        level_given = np.array([schema.level_index(reviews[i].labels[k]) for i, k in pairs])
+        scored = ~np.isnan(dists).any(axis=1)
+        rows = np.flatnonzero(scored)
+        if len(rows):
+            thresholds = _class_thresholds(dists[rows], level_given[rows], schema.num_levels)
+            confident = _confident_class(dists[rows], thresholds)
+            for p, chosen in zip(rows, confident):
+                label = level_given[p]
+                if chosen < 0 or chosen == label:
+                    continue
+                i, keyword = pairs[p]
+                issues.append(LabelIssue(int(i), reviews[i].id, "sentiment", keyword,
+                                         f"{keyword} {schema.levels[label]}", f"{keyword} {schema.levels[chosen]}",
+                                         float(dists[p, label]), float(thresholds[label])))
+    return sorted(issues, key=LabelIssue.sort_key)
+
+
+def review_self_confidence(dataset: ReviewDataset, predictions: Predictions) -> np.ndarray:
+    """(n,) each review's lowest self-confidence over all its labels (keywords present and absent, levels)."""
+    schema = dataset.schema
+    given = np.zeros((len(dataset), schema.num_keywords), dtype=bool)
+    for i, review in enumerate(dataset.reviews):
+        for keyword in review.labels or {}:
+            given[i, schema.keyword_index(keyword)] = True
+    probs = predictions.keyword_probs
+    confidence = np.where(given, probs, 1.0 - probs)
+    out = np.nanmin(np.where(np.isnan(confidence), np.inf, confidence), axis=1) if confidence.size \
+        else np.full(len(dataset), np.inf)
+    for p, (i, keyword) in enumerate(predictions.pairs):
+        value = predictions.sentiment_probs[p, schema.level_index(dataset.reviews[i].labels[keyword])]
+        if not np.isnan(value):
+            out[i] = min(out[i], value)
+    return np.where(np.isinf(out), 1.0, out)
+
+
+def rank_reviews(dataset: ReviewDataset, predictions: Predictions,
+                 issues: Sequence[LabelIssue] | None = None) -> np.ndarray:
+    """Review indices, most suspect first: flagged reviews by their lowest flagged self-confidence, then the
+    others by their lowest self-confidence over all labels."""
+    issues = find_label_issues(dataset, predictions) if issues is None else issues
+    flagged = np.full(len(dataset), np.inf)
+    for issue in issues:
+        if issue.self_confidence is not None:
+            flagged[issue.row] = min(flagged[issue.row], issue.self_confidence)
+    overall = review_self_confidence(dataset, predictions)
+    return np.lexsort((overall, flagged))
+
+
+# -- keyword tagging rules ----------------------------------------------------------------------------------
+
+
+def _squash(text: str) -> str:
+    """NFC text without whitespace: rules match words whether or not a review spaces them."""
+    return "".join(unicodedata.normalize("NFC", text).split())
+
+
+@dataclass
+class TaggingRule:
+    """A guideline for one kind of wording: which keyword it calls for, and which it rules out."""
+
+    id: str
+    description: str
+    words: list[str]
+    expect_any: list[str] = field(default_factory=list)
+    forbid: list[str] = field(default_factory=list)
+    with_any: list[str] = field(default_factory=list)
+    unless_any: list[str] = field(default_factory=list)
+
+    def fires(self, text: str) -> str | None:
+        """The trigger word found in ``text`` (spaces ignored) when the rule applies, else None."""
+        squashed = _squash(text)
+        word = next((w for w in self.words if _squash(w) in squashed), None)
+        if word is None:
+            return None
+        if self.with_any and not any(_squash(w) in squashed for w in self.with_any):
+            return None
+        if any(_squash(w) in squashed for w in self.unless_any):
+            return None
+        return word
+
+
+@dataclass
+class RuleSet:
+    """Rules with the keyword aliases they are written against."""
+
+    name: str
+    rules: list[TaggingRule]
+    aliases: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    def keywords(self) -> set[str]:
+        return {k for rule in self.rules for k in (*rule.expect_any, *rule.forbid)}
+
+
+BUILTIN_RULES = ("fashion",)
+
+
+def load_rules(path_or_name: str | Path) -> RuleSet:
+    """Rules from a YAML file, or a packaged rule set by name (``fashion``)."""
+    import yaml
+
+    name = str(path_or_name)
+    if name in BUILTIN_RULES and not Path(name).exists():
+        text = resources.files("reviewlens").joinpath("rules", f"{name}.yaml").read_text(encoding="utf-8")
+        source = f"reviewlens/rules/{name}.yaml"
+    else:
+        try:
+            text = Path(name).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ReviewlensError(f"{name}: cannot read the rules file ({exc.strerror or exc}); give a YAML file "
+                                  f"or one of the packaged rule sets: {', '.join(BUILTIN_RULES)}") from exc
+        source = name
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ReviewlensError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+        raise ReviewlensError(f"{source}: a rules file is a mapping with a 'rules' list (see reviewlens/rules/"
+                              "fashion.yaml)")
+    known = {"id", "description", "words", "expect_any", "forbid", "with_any", "unless_any"}
+    rules = []
+    for n, item in enumerate(data["rules"], start=1):
+        where = f"{source}: rule {n}"
+        if not isinstance(item, dict):
+            raise ReviewlensError(f"{where}: expected a mapping with id, words and expect_any or forbid")
+        unknown = sorted(set(item) - known)
+        if unknown:
+            raise ReviewlensError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+        lists = {}
+        for key in ("words", "expect_any", "forbid", "with_any", "unless_any"):
+            value = item.get(key) or []
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise ReviewlensError(f"{where}, field '{key}': expected a list of non-empty strings")
+            lists[key] = [v.strip() for v in value]
+        if not lists["words"]:
+            raise ReviewlensError(f"{where}, field 'words': a rule needs at least one trigger word")
+        if not lists["expect_any"] and not lists["forbid"]:
+            raise ReviewlensError(f"{where}: give 'expect_any' or 'forbid' (what the rule asks of the labels)")
+        rules.append(TaggingRule(id=str(item.get("id") or f"rule-{n}"), description=str(item.get("description", "")),
+                                 **lists))
+    ids = [r.id for r in rules]
+    twice = sorted(k for k, c in Counter(ids).items() if c > 1)
+    if twice:
+        raise ReviewlensError(f"{source}: rule ids listed twice: {', '.join(twice)}")
+    aliases = data.get("aliases") or {}
+    if not isinstance(aliases, dict):
+        raise ReviewlensError(f"{source}, field 'aliases': expected a mapping of alias: keyword")
+    return RuleSet(str(data.get("name", Path(source).stem)), rules, {str(k): str(v) for k, v in aliases.items()},
+                   source)
+
+
+def check_rules(dataset: ReviewDataset, rules: RuleSet) -> tuple[list[LabelIssue], list[str]]:
+    """Rule violations of every labeled review, and notes on rules that cannot apply to this data."""
+    canonical = lambda k: rules.aliases.get(k, k)  # noqa: E731
+    data_keywords = {canonical(k) for k in dataset.schema.keywords}
+    notes = []
+    active = []
+    for rule in rules.rules:
+        missing = [k for k in (*rule.expect_any, *rule.forbid) if k not in data_keywords]
+        if rule.expect_any and all(k not in data_keywords for k in rule.expect_any):
+            notes.append(f"rule {rule.id} skipped: none of {', '.join(rule.expect_any)} is a keyword of this data")
+            continue
+        if missing:
+            notes.append(f"rule {rule.id}: {', '.join(missing)} not in this data's keywords")
+        active.append(rule)
+    issues = []
+    for i, review in enumerate(dataset.reviews):
+        if review.labels is None:
+            continue
+        labeled = {canonical(k): (k, v) for k, v in review.labels.items()}
+        for rule in active:
+            word = rule.fires(review.text)
+            if word is None:
+                continue
+            if rule.expect_any and not any(k in labeled for k in rule.expect_any):
+                issues.append(LabelIssue(i, review.id, "rule", " / ".join(rule.expect_any), "(not labeled)",
+                                         f"add {' or '.join(rule.expect_any)}", rule=rule.id,
+                                         detail=f"'{word}': {rule.description}"))
+            for keyword in rule.forbid:
+                if keyword in labeled:
+                    name, level = labeled[keyword]
+                    suggestion = f"{name} -> {rule.expect_any[0]}" if rule.expect_any else f"remove {name}"
+                    issues.append(LabelIssue(i, review.id, "rule", keyword, f"{name} {level}", suggestion,
+                                             rule=rule.id, detail=f"'{word}': {rule.description}"))
+    return issues, notes
+
+
+# -- the report ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AuditReport:
+    """Ranked issues, the per-label summary and how the probabilities were made."""
+
+    dataset: ReviewDataset
+    issues: list[LabelIssue]
+    method: str = ""
+    rules: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> list[dict]:
+        """Per keyword and per level: support, suspected errors and their share (the seed's table)."""
+        schema = self.dataset.schema
+        support = Counter(k for r in self.dataset.reviews for k in (r.labels or {}))
+        level_support = Counter(v for r in self.dataset.reviews for v in (r.labels or {}).values())
+        wrong, missing, rules = Counter(), Counter(), Counter()
+        for issue in self.issues:
+            if issue.kind == "keyword_extra":
+                wrong[issue.keyword] += 1
+            elif issue.kind == "keyword_missing":
+                missing[issue.keyword] += 1
+            elif issue.kind == "rule":
+                for keyword in issue.keyword.split(" / "):
+                    rules[keyword] += 1
+        rows = []
+        for keyword in schema.keywords:
+            n = support.get(keyword, 0)
+            rows.append({"label": keyword, "support": n, "suspected_wrong": wrong[keyword],
+                         "suspected_missing": missing[keyword], "rule_flags": rules[keyword],
+                         "error_share": round(wrong[keyword] / n, 4) if n else 0.0})
+        sentiment = Counter(i.given.rsplit(" ", 1)[-1] for i in self.issues if i.kind == "sentiment")
+        for level in schema.levels:
+            n = level_support.get(level, 0)
+            rows.append({"label": f"level {level}", "support": n, "suspected_wrong": sentiment[str(level)],
+                         "suspected_missing": 0, "rule_flags": 0,
+                         "error_share": round(sentiment[str(level)] / n, 4) if n else 0.0})
+        return rows
+
+    def rows(self) -> list[dict]:
+        """The issues as table rows (``ISSUE_COLUMNS``), most suspect first."""
+        schema = self.dataset.schema
+        out = []
+        for rank, issue in enumerate(self.issues, start=1):
+            review = self.dataset.reviews[issue.row]
+            out.append({"rank": rank, "id": issue.id, "kind": issue.kind, "keyword": issue.keyword,
+                        "given": issue.given, "suggested": issue.suggested,
+                        "self_confidence": None if issue.self_confidence is None else round(issue.self_confidence, 4),
+                        "threshold": None if issue.threshold is None else round(issue.threshold, 4),
+                        "rule": issue.rule, "detail": issue.detail,
+                        "labels": schema.format(review.labels) if review.labels is not None else "",
+                        "text": review.text})
+        return out
+
+    def summary_markdown(self) -> str:
+        lines = ["| label | support | suspected wrong | suspected missing | rule flags | error share |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for row in self.summary():
+            if row["support"] or row["suspected_wrong"] or row["suspected_missing"] or row["rule_flags"]:
+                lines.append(f"| {row['label']} | {row['support']} | {row['suspected_wrong']} | "
+                             f"{row['suspected_missing']} | {row['rule_flags']} | {row['error_share']:.1%} |")
+        return "\n".join(lines)
+
+    def to_markdown(self, max_rows: int = 300) -> str:
+        kinds = Counter(i.kind for i in self.issues)
+        head = [f"# Label audit of {self.dataset.source or 'the data'}", "",
+                f"{len(self.dataset)} reviews; {len(self.issues)} suspected issue(s): "
+                + (", ".join(f"{kinds[k]} {k} ({KINDS[k]})" for k in KINDS if kinds[k]) or "none") + ".", ""]
+        if self.method:
+            head.append(f"Model probabilities: {self.method}.")
+        if self.rules:
+            head.append(f"Rules: {self.rules}.")
+        head += [f"- {note}" for note in self.notes]
+        head += ["", "## Per label", "", self.summary_markdown(), "", "## Issues, most suspect first", "",
+                 "| rank | id | kind | given | suggested | self-confidence | rule | text |",
+                 "| ---: | --- | --- | --- | --- | ---: | --- | --- |"]
+
+        def cell(value) -> str:
+            return str("" if value is None else value).replace("|", "\\|").replace("\n", " ")
+
+        for row in self.rows()[:max_rows]:
+            head.append(f"| {row['rank']} | {cell(row['id'])} | {row['kind']} | {cell(row['given'])} | "
+                        f"{cell(row['suggested'])} | {cell(row['self_confidence'])} | {cell(row['rule'])} | "
+                        f"{cell(row['text'])} |")
+        if len(self.issues) > max_rows:
+            head.append(f"\n... and {len(self.issues) - max_rows} more (write a .csv report for all of them)")
+        return "\n".join(head) + "\n"
+
+    def write(self, path: str | Path) -> Path:
+        """``.md``: summary and issues; ``.csv`` / ``.jsonl`` / ``.parquet``: one row per issue. Atomic."""
+        from .data import atomic_write_text
+        from .labeling import write_table
+
+        path = Path(path)
+        if path.suffix.lower() == ".md":
+            atomic_write_text(path, self.to_markdown())
+            return path
+        return write_table(self.rows(), path, ISSUE_COLUMNS)
+
+
+def audit(dataset: ReviewDataset, predictions: Predictions | None = None, rules: RuleSet | None = None) -> AuditReport:
+    """Confident-learning issues (when ``predictions`` are given) and rule violations, most suspect first.
+
+    Model issues come first, ranked by self-confidence; rule violations follow in data order.
+    """
+    issues: list[LabelIssue] = []
+    notes: list[str] = []
+    if predictions is not None:
+        issues += find_label_issues(dataset, predictions)
+    if rules is not None:
+        found, notes = check_rules(dataset, rules)
+        issues += found
+    return AuditReport(dataset, issues, predictions.method if predictions is not None else "",
+                       f"{rules.name} ({rules.source}, {len(rules.rules)} rules)" if rules is not None else "", notes)
