@@ -49,6 +49,7 @@ class LevelResult:
     wall: float = 0.0
     calls: int = 0
     reviews: int = 0
+    busy: float = 0.0
 
     @property
     def sent(self) -> int:
@@ -155,6 +156,7 @@ async def run_level(base: str, mode: str, concurrency: int, n_requests: int, tim
     after = await server_stats(base)
     result.calls = after.get("calls", 0) - before.get("calls", 0)
     result.reviews = after.get("reviews", 0) - before.get("reviews", 0)
+    result.busy = after.get("busy_seconds", 0.0) - before.get("busy_seconds", 0.0)
     return result
 
 
@@ -168,6 +170,7 @@ def merge(total: LevelResult, part: LevelResult) -> None:
     total.wall += part.wall
     total.calls += part.calls
     total.reviews += part.reviews
+    total.busy += part.busy
 
 
 async def run_all(model: Path, modes: list[str], args: argparse.Namespace, reviews: list[str]) -> list[LevelResult]:
@@ -218,15 +221,39 @@ async def run_all(model: Path, modes: list[str], args: argparse.Namespace, revie
                 process.wait(5)
 
 
+def model_only(model: Path, reviews: list[str], args: argparse.Namespace, n: int) -> tuple[float, float]:
+    """The analyzer alone, in this process: seconds for ``n`` reviews in one call and one call per review (the
+    ceiling of what merging requests can gain, without HTTP)."""
+    import torch
+
+    from reviewlens.analyzer import ReviewAnalyzer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    analyzer = ReviewAnalyzer.from_pretrained(model, batch_size=args.batch_size)
+    texts = [reviews[i % len(reviews)] for i in range(n)]
+    analyzer.analyze(texts[:2], highlights=args.highlights)
+    merged = one = 0.0
+    for _ in range(2):  # alternate, so a change in load hits both
+        start = time.perf_counter()
+        analyzer.analyze(texts, highlights=args.highlights)
+        merged += time.perf_counter() - start
+        start = time.perf_counter()
+        for text in texts:
+            analyzer.analyze([text], highlights=args.highlights)
+        one += time.perf_counter() - start
+    return merged, one
+
+
 def print_tables(results: list[LevelResult], args: argparse.Namespace) -> None:
     print("\n| mode | concurrency | planned | sent | ok | failed (non-2xx/error) | wall s | req/s | p50 ms | p95 ms "
-          "| p99 ms | reviews per model call |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| p99 ms | reviews per model call | model busy |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         per_call = f"{r.reviews / r.calls:.1f}" if r.calls else "-"
         print(f"| {r.mode} | {r.concurrency} | {r.planned} | {r.sent} | {r.ok} | {r.failures} | {r.wall:.1f} | "
               f"{r.throughput:.1f} | {r.percentile(50):.0f} | {r.percentile(95):.0f} | {r.percentile(99):.0f} | "
-              f"{per_call} |")
+              f"{per_call} | {r.busy / r.wall:.0%} |")
     by = {(r.mode, r.concurrency): r for r in results}
     if any(m == "one-at-a-time" for m, _ in by) and any(m == "micro-batching" for m, _ in by):
         print("\n| concurrency | micro-batching req/s | one-at-a-time req/s | speed-up (same run) |")
@@ -262,6 +289,8 @@ def main() -> None:
                         "1 on a machine shared with other work).")
     parser.add_argument("--rounds", type=int, default=4, help="Rounds per level, alternating between the modes.")
     parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--model-only", action=argparse.BooleanOptionalAction, default=True,
+                        help="Also time the analyzer alone: one merged call against one call per review.")
     parser.add_argument("--request-timeout", type=float, default=120.0, help="Seconds before a request counts as "
                         "failed.")
     parser.add_argument("--ready-timeout", type=float, default=300.0)
@@ -285,6 +314,11 @@ def main() -> None:
         raise SystemExit(f"unknown mode(s) {unknown}; use batching and/or serial")
     results = asyncio.run(run_all(model, modes, args, reviews))
     print_tables(results, args)
+    if args.model_only:
+        n = max(args.concurrency)
+        merged, one = model_only(model, reviews, args, n)
+        print(f"\nanalyzer alone (no HTTP, this process): {n} reviews in one call {merged / 2:.2f} s, one call per "
+              f"review {one / 2:.2f} s -> merging gains {one / merged:.2f}x at most")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

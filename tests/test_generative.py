@@ -287,15 +287,29 @@ def test_other_adapters_train_save_and_load(method, tiny_causal_base, fashion, t
     assert bundle.metrics["train"]["steps"] == 4 and bundle.metrics["train"]["loss"] > 0
     assert json.loads((tmp_path / "bundle" / "generator" / "base.json").read_text())["peft"] == method
     analyzer = GenerativeAnalyzer.from_pretrained(tmp_path / "bundle")
-    results = analyzer.analyze(fashion.texts[:3])
+    texts = fashion.texts[:3]
+    results = analyzer.analyze(texts)
     assert len(results) == 3 and len(analyzer.last_problems) == 3
     # the adapter was loaded: the next-token distribution differs from the bare base model's
-    ids = torch.tensor([prompt_ids(analyzer.tokenizer, generative_prompt(fashion.texts[0]), 64)])
+    ids = torch.tensor([prompt_ids(analyzer.tokenizer, generative_prompt(texts[0]), 64)])
     base = AutoModelForCausalLM.from_pretrained(tiny_causal_base).eval()
     with torch.no_grad():
         adapted = analyzer.model(input_ids=ids).logits[0, -1]
         bare = base(input_ids=ids).logits[0, -1]
     assert not torch.allclose(adapted, bare, atol=1e-4)
+    # batched, left-padded, cached generation = greedy decoding one review at a time without a cache
+    generations = analyzer.generate(texts)
+    for text, generation in zip(texts, generations):
+        ids = prompt_ids(analyzer.tokenizer, generative_prompt(text), 64)
+        new = []
+        with torch.no_grad():
+            for _ in range(analyzer.max_new_tokens):
+                token = int(analyzer.model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+                new.append(token)
+                if token == analyzer.tokenizer.eos_token_id:
+                    break
+        assert generation.text == analyzer.tokenizer.decode(new, skip_special_tokens=True).strip()
+        assert generation.num_tokens == len(new)
 
 
 def test_bad_settings_are_errors_for_people(tiny_causal_base, fashion, tmp_path):

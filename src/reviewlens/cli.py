@@ -315,6 +315,145 @@ def serve(
         _fail(exc)
 
 
+@app.command("select")
+def select_reviews(
+    pool: Path = typer.Option(..., "--pool", help="Reviews to choose from, any format the readers take (labels "
+                              "in it are ignored)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The labeling batch to write: .csv, .jsonl or .parquet."),
+    model: Optional[Path] = ModelOpt,
+    n: int = typer.Option(500, "--n", help="How many reviews to select."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="keyword-boundary, sentiment-margin, "
+                                           "rare-text, outliers, random, or a weighted mix such as "
+                                           "'keyword-boundary:0.6,rare-text:0.2,random:0.2' (default: a mix of all)."),
+    by: Optional[str] = typer.Option(None, "--by", help="shop | category: quotas in proportion to the pool."),
+    exclude: Optional[list[Path]] = typer.Option(None, "--exclude", help="Already labeled data (repeatable): its "
+                                                 "ids and texts, and near duplicates of them, are never selected."),
+    first_data: Optional[Path] = typer.Option(None, "--first-data", help="Texts the rare-text SentencePiece model "
+                                              "learns from (the first training data; default: the pool's first "
+                                              "5,000). The model is cached as spm-<hash>.model next to --output."),
+    vocab_size: int = typer.Option(8000, "--spm-vocab-size", help="SentencePiece vocabulary size (at most)."),
+    clusters: Optional[int] = typer.Option(None, "--clusters", help="k-means clusters of the outliers strategy "
+                                           "(default: sqrt(pool/2), 2..50)."),
+    near_duplicate: float = typer.Option(0.85, "--near-duplicate", help="Character 2-3-gram cosine above which "
+                                         "two reviews are near duplicates; 0 turns this off (exact duplicates "
+                                         "are always skipped)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    seed: int = SeedOpt,
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows"),
+) -> None:
+    """Choose the reviews to label next; the batch comes pre-filled with the model's completion strings."""
+    from .data import read_reviews
+    from .selection import (DEFAULT_STRATEGY, BundleSelectionModel, SelectionContext, load_or_train_sentencepiece,
+                            make_strategy, select)
+
+    spec = strategy or DEFAULT_STRATEGY
+    try:
+        if by not in (None, "shop", "category"):
+            raise ReviewlensError(f"--by must be shop or category, not {by!r}")
+        dataset = read_reviews(pool, ignore_labels=True, skip_bad_rows=skip_bad_rows)
+        exclude_ids, exclude_texts = [], []
+        for path in exclude or []:
+            labeled = read_reviews(path, ignore_labels=True, skip_bad_rows=skip_bad_rows)
+            exclude_ids += labeled.ids
+            exclude_texts += labeled.texts
+        spm_model = None
+        if "rare-text" in spec.replace("_", "-"):
+            first = read_reviews(first_data, ignore_labels=True).texts if first_data else dataset.texts[:5000]
+            spm_model, spm_path = load_or_train_sentencepiece(first, output.parent, vocab_size=vocab_size)
+            typer.echo(f"rare-text SentencePiece model: {spm_path}", err=True)
+        context = SelectionContext.from_dataset(dataset, BundleSelectionModel.from_pretrained(model, batch_size=batch_size))
+        chosen = select(context, make_strategy(spec, seed=seed, sentencepiece_model=spm_model, vocab_size=vocab_size,
+                                               n_clusters=clusters),
+                        n, by=by, exclude_ids=exclude_ids, exclude_texts=exclude_texts,
+                        near_duplicate=near_duplicate or None, seed=seed)
+        chosen.write(output)
+    except ReviewlensError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(chosen.summary(), ensure_ascii=False, indent=2))
+    typer.echo(f"wrote {len(chosen.picks)} review(s) to {output}", err=True)
+
+
+@app.command("merge-labels")
+def merge_labels(
+    base: Path = typer.Option(..., "--base", help="The training data the batch goes into."),
+    labeled: Path = typer.Option(..., "--labeled", help="The labeled batch (from `reviewlens select`)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Merged data to write (.csv, .jsonl or .parquet)."),
+    prefer: Optional[str] = typer.Option(None, "--prefer", help="Who wins a conflict (an id with other labels or "
+                                         "text): base | labeled. Without it conflicts stop the merge."),
+    allow_new_keywords: bool = typer.Option(False, "--allow-new-keywords", help="Accept keywords the base data "
+                                            "does not have (default: they are errors, to catch typos)."),
+    changes: Optional[Path] = typer.Option(None, "--changes", help="Write what happened to each batch row here."),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows"),
+) -> None:
+    """Bring a labeled batch back into the training data, by id; base rows are never dropped."""
+    from .labeling import merge_label_files, write_table
+
+    try:
+        if prefer not in (None, "base", "labeled"):
+            raise ReviewlensError(f"--prefer must be base or labeled, not {prefer!r}")
+        report = merge_label_files(base, labeled, output, prefer=prefer, allow_new_keywords=allow_new_keywords,
+                                   skip_bad_rows=skip_bad_rows)
+        if changes is not None:
+            write_table(report.rows(), changes, ["id", "action", "base", "labeled", "reason"])
+    except ReviewlensError as exc:
+        _fail(exc)
+    typer.echo(report.summary())
+    typer.echo(f"wrote {output}", err=True)
+
+
+@app.command()
+def audit(
+    data: Path = typer.Option(..., "--data", help="Labeled reviews to audit, any format the readers take."),
+    output: Path = typer.Option(..., "--output", "-o", help="report.md (summary and issues) or report.csv "
+                                "(.jsonl, .parquet: one row per issue)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Fast mode: reuse this bundle's predictions "
+                                         "(in-sample) instead of k-fold training."),
+    rules: Optional[str] = typer.Option(None, "--rules", help="Keyword tagging rules: a YAML file or a packaged "
+                                        "set (fashion)."),
+    rules_only: bool = typer.Option(False, "--rules-only", help="Check the rules alone, without any model."),
+    folds: int = typer.Option(5, "--folds", help="k of the out-of-fold training."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file setting any TrainConfig field of the "
+                                          "fold models."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model of the fold models."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs of both fold models."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Keep the fold bundles here (default: a "
+                                           "temporary folder, removed)."),
+    seed: int = SeedOpt,
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows"),
+) -> None:
+    """Find labels that look wrong: confident-learning flags on out-of-fold probabilities, and rule violations."""
+    from .audit import audit as run_audit, bundle_predictions, load_rules, out_of_fold_predictions
+    from .bundle import ModelBundle
+    from .data import read_reviews
+    from .training import TrainConfig
+
+    try:
+        if rules_only and rules is None:
+            raise ReviewlensError("--rules-only needs --rules FILE (or a packaged set: fashion)")
+        overrides = {"base": base, "seed": seed}
+        if epochs is not None:
+            overrides.update(keyword_epochs=epochs, sentiment_epochs=epochs)
+        cfg = TrainConfig.from_yaml(config, **overrides)
+        aliases = dict(cfg.aliases)
+        if model is not None and not rules_only:
+            aliases.update(ModelBundle.load(model).schema.aliases)
+        dataset = read_reviews(data, require_labels=True, skip_bad_rows=skip_bad_rows, aliases=aliases or None,
+                               levels=cfg.levels)
+        rule_set = load_rules(rules) if rules is not None else None
+        predictions = None
+        if not rules_only:
+            predictions = bundle_predictions(dataset, model) if model is not None else \
+                out_of_fold_predictions(dataset, cfg, folds=folds, seed=seed, workdir=workdir)
+        report = run_audit(dataset, predictions, rule_set)
+        report.write(output)
+    except ReviewlensError as exc:
+        _fail(exc)
+    typer.echo(report.summary_markdown())
+    for note in report.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"{len(report.issues)} suspected issue(s); wrote {output}", err=True)
+
+
 @base_app.command("prepare")
 def base_prepare(
     name: str = typer.Argument("multilingual-e5-small", help="Offline base to build."),

@@ -331,6 +331,8 @@ def train_sentencepiece(texts: Sequence[str], vocab_size: int = 8000, *, model_t
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise ReviewlensError("no texts to train the rare-text SentencePiece model on")
+    # every kept character needs a piece: a vocabulary smaller than the alphabet (Hangul has thousands) fails
+    vocab_size = max(vocab_size, len(set("".join(texts))) + 8)
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=out, vocab_size=vocab_size,
                                    hard_vocab_limit=False, model_type=model_type,
@@ -393,12 +395,14 @@ class RareText(QueryStrategy):
 
     @staticmethod
     def rarity(sp, texts: Sequence[str]) -> np.ndarray:
-        """Mean piece rarity of each text under the SentencePiece processor ``sp``."""
+        """Mean piece rarity of each text under the SentencePiece processor ``sp`` (bare word boundaries,
+        which carry no content, are left out)."""
         size, unk = sp.get_piece_size(), sp.unk_id()
+        boundary = sp.piece_to_id("\u2581")
         out = np.zeros(len(texts))
         for i, pieces in enumerate(sp.encode(list(texts))):
-            if pieces:
-                ids = np.asarray(pieces)
+            ids = np.asarray([p for p in pieces if p != boundary or p == unk])
+            if len(ids):
                 out[i] = np.where(ids == unk, 1.0, ids / size).mean()
         return out
 
@@ -672,25 +676,38 @@ def select(context: SelectionContext, strategy: QueryStrategy | str, n: int, *, 
     excluded = int(blocked.sum())
     candidates = np.arange(len(context))
     n = min(n, len(context))
+    # a mix splits n between its parts; groups split each part's share in proportion to what the groups
+    # still need, so both the strategy quotas and the group quotas hold (as far as candidates allow)
+    parts = [s for s, _ in strategy.parts] if isinstance(strategy, WeightedMix) else [strategy]
+    part_quotas = largest_remainder([w for _, w in strategy.parts], n) if isinstance(strategy, WeightedMix) else [n]
     groups: dict[str, tuple[int, int]] = {}
-    if by is not None:
+    if by is None:
+        for part, quota in zip(parts, part_quotas):
+            part.choose(context, quota, candidates, picker)
+    else:
         values = context.shops if by == "shop" else context.categories
         if all(v is None for v in values):
             raise ReviewlensError(f"--by {by}: the pool has no {by} values (add a '{by}' column)")
-        names = ["(none)" if v is None else str(v) for v in values]
-        sizes = Counter(names)
+        names = np.array(["(none)" if v is None else str(v) for v in values])
+        sizes = Counter(names.tolist())
         group_names = sorted(sizes, key=lambda g: (-sizes[g], g))
-        quotas = largest_remainder([sizes[g] for g in group_names], n)
-        members = np.array(names)
-        for group, quota in zip(group_names, quotas):
-            got = strategy.choose(context, quota, candidates[members == group], picker)
-            groups[group] = (quota, got)
-    taken = len(picker.picks)
-    if taken < n:  # groups short of candidates, or no groups: the overall ranking
-        strategy.choose(context, n - taken, candidates, picker)
-    if by is not None:  # what each group got in the end, the fill-up included
+        members = {g: candidates[names == g] for g in group_names}
+        group_quotas = dict(zip(group_names, largest_remainder([sizes[g] for g in group_names], n)))
+        wanted = dict(group_quotas)
+        for part, quota in zip(parts, part_quotas):
+            shares = largest_remainder([wanted[g] for g in group_names], min(quota, sum(wanted.values())))
+            for group, share in zip(group_names, shares):
+                wanted[group] -= part.choose(context, share, members[group], picker)
+        for group in group_names:  # a part short of candidates in a group: the other parts fill in
+            for part in parts:
+                if wanted[group] > 0:
+                    wanted[group] -= part.choose(context, wanted[group], members[group], picker)
+    for part in parts:  # groups short of candidates: the overall ranking
+        if len(picker.picks) < n:
+            part.choose(context, n - len(picker.picks), candidates, picker)
+    if by is not None:
         final = Counter(names[p.index] for p in picker.picks)
-        groups = {g: (quota, final.get(g, 0)) for g, (quota, _) in groups.items()}
+        groups = {g: (group_quotas[g], final.get(g, 0)) for g in group_names}
     if len(picker.picks) < n:
         logger.warning("only %d of %d reviews could be selected (the rest are excluded or duplicates)",
                        len(picker.picks), n)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -103,9 +104,18 @@ class RunnerStats:
     reviews: int = 0
     largest_call: int = 0
     failed_calls: int = 0
+    busy_seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "busy_seconds": round(self.busy_seconds, 3)}
+
+    def timed(self, analyze: AnalyzeFn, texts: list[str], highlights: bool, top_k: int) -> list:
+        """Run ``analyze`` (in a worker thread), adding its time to ``busy_seconds``."""
+        start = time.perf_counter()
+        try:
+            return analyze(texts, highlights=highlights, top_k=top_k)
+        finally:
+            self.busy_seconds += time.perf_counter() - start
 
 
 class MicroBatcher:
@@ -213,7 +223,7 @@ class MicroBatcher:
         self.stats.calls += 1
         self.stats.largest_call = max(self.stats.largest_call, len(texts))
         try:
-            results = await asyncio.to_thread(self.analyze, texts, highlights=highlights, top_k=top_k)
+            results = await asyncio.to_thread(self.stats.timed, self.analyze, texts, highlights, top_k)
         except Exception:
             self.stats.failed_calls += 1
             raise
@@ -272,7 +282,7 @@ class SerialRunner:
             self.stats.calls += 1
             self.stats.largest_call = max(self.stats.largest_call, len(texts))
             try:
-                results = await asyncio.to_thread(self.analyze, texts, highlights=highlights, top_k=top_k)
+                results = await asyncio.to_thread(self.stats.timed, self.analyze, texts, highlights, top_k)
             except Exception:
                 self.stats.failed_calls += 1
                 raise
