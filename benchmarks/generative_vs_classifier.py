@@ -69,7 +69,8 @@ def run_generative(train, dev, args, workdir: Path) -> dict:
     return {"system": f"{args.base} + {args.peft}", "result": result, "train_seconds": train_seconds,
             "load_seconds": load_seconds, "predict_seconds": seconds, "parse_failure_rate": gen["parse_failure_rate"],
             "problems": gen["problems_by_kind"], "sentiment_pairs": f"{gen['sentiment_pairs']}/{gen['gold_pairs']}",
-            "max_new_tokens": analyzer.max_new_tokens, "examples": result.extra["generation"]["examples"][:5]}
+            "max_new_tokens": analyzer.max_new_tokens, "examples": result.extra["generation"]["examples"][:5],
+            "epochs": args.epochs}
 
 
 def run_classifier(train, dev, args, workdir: Path) -> dict:
@@ -91,24 +92,28 @@ def run_classifier(train, dev, args, workdir: Path) -> dict:
     analyzer, load_seconds = timed(ReviewAnalyzer.from_pretrained, out)
     dev.schema = analyzer.schema
     result, seconds = timed(evaluate_bundle, None, dev, analyzer=analyzer)
+    gold_pairs = sum(len(r.labels or {}) for r in dev.reviews)
     return {"system": name, "result": result, "train_seconds": train_seconds, "load_seconds": load_seconds,
             "predict_seconds": seconds, "parse_failure_rate": None, "problems": {},
-            "sentiment_pairs": f"{len([1 for r in dev.reviews for _ in (r.labels or {})])}/"
-                               f"{len([1 for r in dev.reviews for _ in (r.labels or {})])}"}
+            "sentiment_pairs": f"{gold_pairs}/{gold_pairs}", "epochs": args.classifier_epochs}
 
 
-def table(rows: list[dict], n_dev: int) -> str:
+def table(rows: list[dict], n_train: int, n_dev: int) -> str:
     head = ("| system | pipeline P | pipeline R | pipeline F1 | keyword F1 | sentiment acc | parse failures | "
-            "sentiment pairs | train s | predict s | reviews/s |")
-    lines = [head, "| " + " | ".join(["---"] * 11) + " |"]
+            "sentiment pairs | train s | train s/review/epoch | predict s | reviews/s |")
+    lines = [head, "| " + " | ".join(["---"] * 12) + " |"]
     for row in rows:
         r = row["result"]
         parse = "-" if row["parse_failure_rate"] is None else f"{row['parse_failure_rate']:.3f}"
-        train = "-" if row["train_seconds"] is None else f"{row['train_seconds']:.0f}"
+        train = per_review = "-"
+        if row["train_seconds"] is not None:
+            train = f"{row['train_seconds']:.0f}"
+            per_review = f"{row['train_seconds'] / (n_train * row['epochs']):.2f}"
         lines.append(
             f"| {row['system']} | {r.pipeline['precision']:.3f} | {r.pipeline['recall']:.3f} | {r.pipeline['f1']:.3f} "
             f"| {r.pipeline['category']['f1']:.3f} | {r.sentiment['micro']['f1']:.3f} | {parse} | "
-            f"{row['sentiment_pairs']} | {train} | {row['predict_seconds']:.1f} | {n_dev / row['predict_seconds']:.2f} |")
+            f"{row['sentiment_pairs']} | {train} | {per_review} | {row['predict_seconds']:.1f} | "
+            f"{n_dev / row['predict_seconds']:.2f} |")
     return "\n".join(lines)
 
 
@@ -138,7 +143,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the numbers here.")
     args = parser.parse_args(argv)
-    quick = args.quick or args.train_size is None
     args.train_size = 200 if args.train_size is None else args.train_size
     args.dev_size = 100 if args.dev_size is None else args.dev_size
     args.epochs = args.epochs if args.epochs is not None else 1.0
@@ -171,8 +175,9 @@ def main(argv: list[str] | None = None) -> None:
             phases.append(("classifier", classifier))
         total = time.perf_counter() - start
 
+    sampled = len(train) < len(full_train) or len(dev) < len(full_dev)
     print(f"## Generative baseline vs classifier pipeline: NIKL ABSA 2022, train -> dev"
-          f"{' (quick subsample)' if quick else ''}\n")
+          f"{' (subsample)' if sampled else ''}\n")
     print(f"Train: {len(train)} of {len(full_train)} reviews ({sum(len(r.labels) for r in train)} labels); dev: "
           f"{len(dev)} of {len(full_dev)} reviews ({dropped} dev reviews with a category unseen in train left out); "
           f"{len(full_train.schema.keywords)} keywords, levels {full_train.schema.levels}; seed {args.seed}; "
@@ -180,9 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Generative: {args.base}, {args.peft} (r={args.lora_r}), {args.epochs:g} epoch(s), batch {args.batch_size}, "
           f"greedy, max_new_tokens {generative['max_new_tokens']}. Classifier: "
           f"{args.classifier_bundle or args.classifier_base}, {args.classifier_epochs:g} epoch(s) per model.\n")
-    print(table(rows, len(dev)))
+    print(table(rows, len(train), len(dev)))
     print("\nSentiment acc: micro accuracy of the level on gold (review, keyword) pairs; the generative model is "
-          "scored on the pairs it also produced (\"sentiment pairs\"), the classifier on all.")
+          "scored on the pairs it also produced (\"sentiment pairs\"), the classifier on all. Train s/review/epoch: "
+          "training seconds per training review and epoch (the classifier's: both of its models).")
     print("\n| phase | train s | load s | predict s |\n| --- | --- | --- | --- |")
     for name, row in phases:
         train_s = "-" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}"

@@ -21,8 +21,8 @@ import torch.distributed as dist
 
 from reviewlens.cli import app
 
-code = app(sys.argv[1:], standalone_mode=False)
-info = {"code": code, "initialized": dist.is_initialized()}
+code = app(sys.argv[1:], standalone_mode=False)  # None when the command succeeds, its exit code when it fails
+info = {"code": code or 0, "initialized": dist.is_initialized()}
 if dist.is_initialized():
     info.update(rank=dist.get_rank(), world_size=dist.get_world_size(), backend=dist.get_backend())
 Path(os.environ["DDP_REPORT_DIR"], f"rank{os.environ['RANK']}.json").write_text(json.dumps(info))
@@ -58,7 +58,8 @@ def test_train_under_torchrun_two_processes(tmp_path, tiny_base):
 
     ranks = sorted((json.loads(p.read_text()) for p in reports.glob("rank*.json")), key=lambda r: r["rank"])
     assert [r["rank"] for r in ranks] == [0, 1]
-    assert all(r["code"] == 0 and r["initialized"] and r["world_size"] == 2 and r["backend"] == "gloo" for r in ranks)
+    assert all(r["code"] == 0 and r["initialized"] and r["world_size"] == 2 and r["backend"] == "gloo"
+               for r in ranks), ranks
 
     bundle = ModelBundle.load(out)
     schema = read_reviews(data, require_labels=True).schema

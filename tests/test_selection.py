@@ -206,3 +206,37 @@ def test_embeddings_need_a_torch_scorer():
 
     with pytest.raises(ModelError, match="torch backend"):
         encoder_embeddings(object(), ["좋아요"])
+
+
+def test_a_labeling_round_through_the_cli(tiny_bundle, tmp_path):
+    """select -> a labeler corrects the batch -> merge-labels, as the seed's retraining loop does it."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from reviewlens.cli import app
+
+    examples = pd.read_csv(EXAMPLES / "fashion_reviews.csv", dtype=str, keep_default_na=False)
+    examples.iloc[:30].to_csv(tmp_path / "train.csv", index=False)
+    runner = CliRunner()
+    batch = tmp_path / "round1" / "batch.csv"
+    result = runner.invoke(app, ["select", "--model", str(tiny_bundle), "--pool", str(EXAMPLES / "fashion_reviews.csv"),
+                                 "--n", "8", "--by", "category", "--exclude", str(tmp_path / "train.csv"),
+                                 "--output", str(batch)])
+    assert result.exit_code == 0, result.output
+    assert '"selected": 8' in result.output and list(batch.parent.glob("spm-*.model"))
+    chosen = pd.read_csv(batch, dtype=str, keep_default_na=False)
+    assert list(chosen.columns) == BATCH_COLUMNS and len(chosen) == 8
+    assert not set(chosen["id"]) & set(examples["id"][:30])
+    chosen["labels"] = ["디자인 1"] * 8  # the labeler's corrections
+    chosen.to_csv(batch, index=False)
+    out = tmp_path / "train2.csv"
+    result = runner.invoke(app, ["merge-labels", "--base", str(tmp_path / "train.csv"), "--labeled", str(batch),
+                                 "--output", str(out), "--changes", str(tmp_path / "changes.csv")])
+    assert result.exit_code == 0, result.output
+    assert "8 added" in result.output and "38 row(s) written" in result.output
+    merged = read_reviews(out)
+    assert merged.ids[:30] == list(examples["id"][:30]) and len(merged) == 38
+    assert len(pd.read_csv(tmp_path / "changes.csv")) == 8
+    bad = runner.invoke(app, ["select", "--model", str(tiny_bundle), "--pool", str(EXAMPLES / "fashion_reviews.csv"),
+                              "--strategy", "entropy", "--output", str(tmp_path / "x.csv")])
+    assert bad.exit_code == 2 and "unknown strategy" in bad.output

@@ -12,6 +12,7 @@ import numpy as np
 
 from .bundle import ModelBundle, resolve_bundle_path
 from .calibration import apply_thresholds
+from .errors import ReviewlensError
 from .highlight import Highlight, keyword_highlights, sentiment_highlights
 from .tasks import SENTIMENT_TEMPLATE
 
@@ -110,8 +111,14 @@ class ReviewAnalyzer:
         return apply_thresholds(probs, self.keywords, self.bundle.thresholds)
 
     def analyze(self, texts: str | Iterable[str], *, highlights: bool = True, top_k: int = 3,
-                ids: Sequence[str] | None = None) -> list[ReviewAnalysis]:
-        """Analyse reviews: keywords above threshold, their sentiment and (optionally) highlights."""
+                ids: Sequence[str] | None = None, attribution: str = "occlusion") -> list[ReviewAnalysis]:
+        """Analyse reviews: keywords above threshold, their sentiment and (optionally) highlights.
+
+        ``attribution`` picks how highlights are found: ``"occlusion"`` (mask each word, any backend) or
+        ``"gradient"`` (gradient × input, torch bundles, cheaper; see ``reviewlens.attribution``).
+        """
+        if attribution not in ("occlusion", "gradient"):
+            raise ReviewlensError(f"attribution must be 'occlusion' or 'gradient', not {attribution!r}")
         texts = [texts] if isinstance(texts, str) else list(texts)
         results = [ReviewAnalysis(t, id=(ids[i] if ids is not None else None)) for i, t in enumerate(texts)]
         live = [i for i, t in enumerate(texts) if isinstance(t, str) and has_content(t)]
@@ -136,9 +143,12 @@ class ReviewAnalyzer:
                 {n: float(p) for n, p in zip(level_names, dist)}))
         if highlights and pairs:
             targets = [list(np.flatnonzero(chosen[j])) for j in range(len(live))]
-            kw_hl = keyword_highlights(self.scorer, live_texts, probs, targets, top_k)
+            kw_highlights, st_highlights = keyword_highlights, sentiment_highlights
+            if attribution == "gradient":
+                from .attribution import keyword_highlights as kw_highlights, sentiment_highlights as st_highlights
+            kw_hl = kw_highlights(self.scorer, live_texts, probs, targets, top_k)
             st_pairs = [(j, kw, int(np.argmax(dist)), float(dist.max())) for (j, kw), dist in zip(pairs, sent)]
-            st_hl = sentiment_highlights(self.scorer, live_texts, st_pairs, top_k)
+            st_hl = st_highlights(self.scorer, live_texts, st_pairs, top_k)
             p = 0
             for j in range(len(live)):
                 for result in per_review[j]:

@@ -40,6 +40,7 @@ ISSUE_COLUMNS = ["rank", "id", "kind", "keyword", "given", "suggested", "self_co
 KINDS = {
     "keyword_extra": "labeled, but the model is sure the keyword is absent",
     "keyword_missing": "not labeled, but the model is sure the keyword is there",
+    "no_keywords": "labeled with no keyword at all, but the model is sure the review mentions one",
     "sentiment": "the model is sure of another level",
     "rule": "breaks a keyword tagging rule",
 }
@@ -236,6 +237,7 @@ def find_label_issues(dataset: ReviewDataset, predictions: Predictions) -> list[
             else:
                 issues.append(LabelIssue(int(r), review.id, "keyword_missing", keyword, "(not labeled)",
                                          f"add {keyword}", float(probs[0]), float(thresholds[0])))
+    issues += _empty_label_issues(dataset, given, predictions.keyword_probs)
     dists = predictions.sentiment_probs
     pairs = predictions.pairs
     if len(pairs):
@@ -256,6 +258,33 @@ def find_label_issues(dataset: ReviewDataset, predictions: Predictions) -> list[
     return sorted(issues, key=LabelIssue.sort_key)
 
 
+def _none_probability(keyword_probs: np.ndarray) -> np.ndarray:
+    """(n,) the probability that a review mentions no keyword: the product of 1 - p over the keywords (the
+    independent sigmoids of a multi-label head); NaN columns (keywords the model lacks) are left out."""
+    return np.prod(np.where(np.isnan(keyword_probs), 1.0, 1.0 - keyword_probs), axis=1)
+
+
+def _empty_label_issues(dataset: ReviewDataset, given: np.ndarray, keyword_probs: np.ndarray) -> list[LabelIssue]:
+    """Reviews labeled with no keyword although the model is sure they mention one (confident learning over
+    "has a keyword" / "has none"). The seed removed such reviews in its final clean-up ("라벨 미출력 리뷰")."""
+    scored = ~np.isnan(keyword_probs).all(axis=1)
+    if not scored.any() or not dataset.schema.num_keywords:
+        return []
+    rows = np.flatnonzero(scored)
+    none = _none_probability(keyword_probs[rows])
+    two = np.stack([none, 1.0 - none], axis=1)  # class 0: no keyword, class 1: some keyword
+    labels = (given[rows].sum(axis=1) > 0).astype(int)
+    thresholds = _class_thresholds(two, labels, 2)
+    confident = _confident_class(two, thresholds)
+    out = []
+    for r, label, chosen, probs in zip(rows, labels, confident, two):
+        if label == 0 and chosen == 1:
+            best = dataset.schema.keywords[int(np.nanargmax(keyword_probs[r]))]
+            out.append(LabelIssue(int(r), dataset.reviews[r].id, "no_keywords", best, "(no keywords)",
+                                  f"add {best}", float(probs[0]), float(thresholds[0])))
+    return out
+
+
 def review_self_confidence(dataset: ReviewDataset, predictions: Predictions) -> np.ndarray:
     """(n,) each review's lowest self-confidence over all its labels (keywords present and absent, levels)."""
     schema = dataset.schema
@@ -267,6 +296,9 @@ def review_self_confidence(dataset: ReviewDataset, predictions: Predictions) -> 
     confidence = np.where(given, probs, 1.0 - probs)
     out = np.nanmin(np.where(np.isnan(confidence), np.inf, confidence), axis=1) if confidence.size \
         else np.full(len(dataset), np.inf)
+    empty = ~given.any(axis=1) & ~np.isnan(probs).all(axis=1) if probs.size else np.zeros(len(dataset), bool)
+    if empty.any():  # labeled with no keyword: how sure the model is that the review mentions none
+        out[empty] = np.minimum(out[empty], _none_probability(probs[empty]))
     for p, (i, keyword) in enumerate(predictions.pairs):
         value = predictions.sentiment_probs[p, schema.level_index(dataset.reviews[i].labels[keyword])]
         if not np.isnan(value):
@@ -450,7 +482,7 @@ class AuditReport:
         for issue in self.issues:
             if issue.kind == "keyword_extra":
                 wrong[issue.keyword] += 1
-            elif issue.kind == "keyword_missing":
+            elif issue.kind in ("keyword_missing", "no_keywords"):
                 missing[issue.keyword] += 1
             elif issue.kind == "rule":
                 for keyword in issue.keyword.split(" / "):

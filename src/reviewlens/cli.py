@@ -454,6 +454,53 @@ def audit(
     typer.echo(f"{len(report.issues)} suspected issue(s); wrote {output}", err=True)
 
 
+@app.command()
+def compress(
+    output: Path = typer.Option(..., "--output", "-o", help="Directory to write the compressed bundle to."),
+    model: Optional[Path] = ModelOpt,
+    onnx: bool = typer.Option(False, "--onnx", help="Export both models to ONNX, run by onnxruntime."),
+    int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization of the ONNX weights (implies --onnx)."),
+    distill: bool = typer.Option(False, "--distill", help="Distil into a student with fewer layers (needs "
+                                 "--train-data)."),
+    student_layers: int = typer.Option(4, "--student-layers", help="Encoder layers of the student."),
+    trim_vocab: bool = typer.Option(False, "--trim-vocab", help="Keep only the word pieces of the training texts."),
+    prune: float = typer.Option(0.0, "--prune", help="Remove this ratio of attention heads in every layer, then "
+                                "recover by distillation (implies --onnx)."),
+    train_data: Optional[Path] = typer.Option(None, "--train-data", help="Reviews the bundle was trained on "
+                                              "(texts only are used): distillation, trimming and pruning data."),
+    unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="More reviews for the teacher's soft labels."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Labeled reviews: the F1 of the new and the "
+                                             "source bundle on them is recorded in reviewlens.json."),
+    epochs: float = typer.Option(3.0, "--epochs", help="Distillation epochs."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap on distillation steps per model."),
+    recovery_steps: int = typer.Option(300, "--recovery-steps", help="Distillation steps after pruning."),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="int8 scales per output channel."),
+    quantize_embeddings: bool = typer.Option(False, "--quantize-embeddings", help="Quantize the word-embedding "
+                                             "table too (smaller, slightly less accurate)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
+    seed: int = SeedOpt,
+) -> None:
+    """Write a smaller, faster copy of a bundle: ONNX, int8, a distilled student, pruned heads."""
+    from .compress import CompressConfig, compress as run_compress
+
+    try:
+        config = CompressConfig(onnx=onnx, int8=int8, per_channel=per_channel, quantize_embeddings=quantize_embeddings,
+                                distill=distill, student_layers=student_layers, trim_vocab=trim_vocab, prune=prune,
+                                epochs=epochs, max_steps=max_steps, recovery_steps=recovery_steps, seed=seed)
+        bundle = run_compress(model, output, config, train_data=train_data, unlabeled=unlabeled,
+                              eval_data=eval_data, threads=threads)
+    except ReviewlensError as exc:
+        _fail(exc)
+    summary = bundle.metrics["compression"]
+    line = (f"{summary['variant']}: {summary['size_bytes'] / 1e6:.1f} MB "
+            f"({summary['size_ratio']:.2f}x the source's {summary['source_size_bytes'] / 1e6:.1f} MB)")
+    if summary.get("f1") is not None:
+        line += (f"; pipeline F1 {summary['f1']:.4f} vs {summary['source_f1']:.4f} "
+                 f"({summary['f1_loss_points']:+.2f} points lost) on {summary['eval_data']}")
+    typer.echo(line)
+    typer.echo(f"bundle written to {output}", err=True)
+
+
 @base_app.command("prepare")
 def base_prepare(
     name: str = typer.Argument("multilingual-e5-small", help="Offline base to build."),
@@ -461,9 +508,11 @@ def base_prepare(
 ) -> None:
     """Build an offline base model folder from installed packages (and verify it)."""
     from .bases import prepare_base
+    from .ggufbase import is_gguf_base, prepare_gguf_base
 
     try:
-        path = prepare_base(name, force=force)
+        # causal-LM bases of the generative baseline (gemma-3-270m, smollm2-135m-instruct, a .gguf file)
+        path = prepare_gguf_base(name, force=force) if is_gguf_base(name) else prepare_base(name, force=force)
     except ReviewlensError as exc:
         _fail(exc)
     typer.echo(str(path))

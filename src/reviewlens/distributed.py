@@ -38,6 +38,9 @@ INPUT_SUFFIXES = (".csv", ".jsonl", ".parquet", ".txt")
 OUTPUT_COLUMNS = ("id", "text", "completion", "keywords")
 """The columns of ``reviewlens analyze --format csv`` (see ``cli._analysis_rows``)."""
 _ROUTING_COLUMNS = ("source", "rows_in_file", "error")
+READ_CPUS = 0.5
+"""CPUs of a read task. Not 1 on purpose: equal resources would let Ray fuse reading (and with it the split of
+a file into blocks) into the actors, so one actor would analyse a whole file while the others wait."""
 WAIT_FOR_ACTORS_S = 900
 """How long the pipeline waits for all ``num_workers`` actors to start before it fails (not hangs)."""
 
@@ -306,8 +309,13 @@ def analyze_with_ray(model: str | os.PathLike | None, inputs: str | os.PathLike 
 
     started_ray = False
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=False)
+        except Exception as exc:  # ray raises ConnectionError, TimeoutError, plain Exception ...
+            where = address or os.environ.get("RAY_ADDRESS") or "a local Ray instance"
+            raise ReviewlensError(f"cannot start or join {where}: {exc}. Check `ray status`, or unset RAY_ADDRESS "
+                                  "to run on this machine alone") from exc
         started_ray = True
     start = time.perf_counter()
     try:
@@ -315,7 +323,7 @@ def analyze_with_ray(model: str | os.PathLike | None, inputs: str | os.PathLike 
         ds.context.execution_options.preserve_order = True  # rows come back in file and row order
         ds.context.enable_progress_bars = False
         ds.context.wait_for_min_actors_s = WAIT_FOR_ACTORS_S  # every worker gets work, or a clear timeout
-        ds = ds.map_batches(read_files, batch_size=1, batch_format="numpy",
+        ds = ds.map_batches(read_files, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS,
                             fn_kwargs={"skip_bad_rows": skip_bad_rows,
                                        "rejects_dir": str(output_dir) if skip_bad_rows else None})
         ds = ds.repartition(target_num_rows_per_block=rows_per_block)  # spreads one file over the actors
@@ -339,7 +347,8 @@ def analyze_with_ray(model: str | os.PathLike | None, inputs: str | os.PathLike 
 def actor_cpus(cluster_cpus: float, num_workers: int, cpus_per_worker: float) -> float:
     """The CPUs each actor asks Ray for: ``cpus_per_worker``, less when the actors would leave no CPU free.
 
-    The read tasks need one free CPU; actors that hold every CPU of the cluster would starve them (a hang).
+    Reading and splitting files into blocks needs one free CPU; actors that hold every CPU of the cluster would
+    starve those tasks (a hang).
     """
     free = cluster_cpus - 1.0
     if num_workers * cpus_per_worker <= free:

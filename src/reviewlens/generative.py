@@ -10,9 +10,9 @@ label -100. Batches are left-padded, as at generation time, so every completion 
 only the last few positions need the language-model head (``logits_to_keep``): with a 262k vocabulary
 (Gemma 3) that head costs more than the rest of the model.
 
-Inference is batched greedy decoding with left padding; ``parse_completion`` reads each output back with the
-bundle's LabelSchema and never raises: malformed items, unknown keywords, levels outside the schema, one
-keyword given two levels and outputs cut off at ``max_new_tokens`` are counted and reported.
+Inference is batched greedy decoding with left padding and a KV cache; ``parse_completion`` reads each output
+back with the bundle's LabelSchema and never raises: malformed items, unknown keywords, levels outside the
+schema, one keyword given two levels and outputs cut off at ``max_new_tokens`` are counted and reported.
 
 A generative bundle is a ModelBundle of ``kind="generative"``::
 
@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor
 
 from .analyzer import KeywordResult, ReviewAnalysis, has_content
 from .bundle import ModelBundle
@@ -140,8 +139,8 @@ class CompletionOnlyCollator:
     Labels are the input ids on completion tokens and -100 on prompt and padding tokens. With
     ``logits_to_keep`` the batch asks the model for the logits of the last positions only (the longest
     completion plus one); ``completion_loss`` aligns them with the labels. ``position_ids`` count real tokens
-    only (what ``generate`` does with left padding); leave it off for prompt-learning adapters, which set
-    their own.
+    only, as the analyzer's decoding does, so a review's positions do not depend on its batch; leave them
+    off for prompt tuning (peft ignores them there).
     """
 
     pad_token_id: int
@@ -186,9 +185,23 @@ def completion_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> t
     return loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def _forward_parameters(model) -> set[str]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+    return set(inspect.signature(type(base).forward).parameters)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    return "logits_to_keep" in _forward_parameters(model)
+
+
+def _cache_argument(model) -> str:
+    """The name under which the model takes its KV cache (``cache`` in transformers 5, else ``past_key_values``)."""
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
+
+
+def _cache_of(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 # -- the adapter -------------------------------------------------------------------------------------------------
@@ -254,9 +267,8 @@ def train_generative(dataset: ReviewDataset, output_dir: str | Path, config: Gen
     longest = max(len(e["input_ids"]) - e["prompt_length"] for e in examples)
     max_new_tokens = config.max_new_tokens or longest + 8
     model = attach_adapter(model, config, tokenizer_path=resolve_causal_base(config.base))
-    prompt_learning = config.peft in ("prefix", "prompt")
     collator = CompletionOnlyCollator(tokenizer.pad_token_id, logits_to_keep=_accepts_logits_to_keep(model),
-                                      position_ids=not prompt_learning)
+                                      position_ids=config.peft != "prompt")  # peft ignores them for prompt tuning
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="reviewlens-generative-") as tmp:
         args = TrainingArguments(
@@ -311,7 +323,7 @@ def load_generator(directory: str | Path, device: str = "cpu"):
         raise ModelError(f"{directory}: not a generative model directory ({BASE_RECORD} missing or broken: {exc})") \
             from exc
     peft = require("peft", EXTRA)
-    model, _ = load_causal_lm(record["base"])
+    model, _ = load_causal_lm(record["base"], tokenizer=False)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     _prepare_tokenizer(tokenizer)
     model = peft.PeftModel.from_pretrained(model, directory)
@@ -341,7 +353,8 @@ PROBLEM_KINDS = ("malformed", "unknown_keyword", "bad_level", "conflict", "trunc
 _PROBE_LEVELS = list(range(-1000, 1001))
 
 
-def parse_completion(text: str, schema: LabelSchema, *, finished: bool = True) -> tuple[dict[str, int], list[ParseProblem]]:
+def parse_completion(text: str, schema: LabelSchema, *,
+                     finished: bool = True) -> tuple[dict[str, int], list[ParseProblem]]:
     """Read a generated completion into ``{keyword: level}`` with the schema, item by item; never raises.
 
     Each item (``디자인 1``) is read with ``LabelSchema.parse``; an item it rejects is skipped and reported as
@@ -401,17 +414,6 @@ class Generation:
     mean_probability: float
     finished: bool
     num_tokens: int
-
-
-class _ChosenTokenProbability(LogitsProcessor):
-    """A logits processor that records, per step, the probability of the token greedy decoding picks."""
-
-    def __init__(self) -> None:
-        self.steps: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self.steps.append(torch.softmax(scores.float(), dim=-1).max(dim=-1).values.cpu())
-        return scores
 
 
 class GenerativeEvaluationResult(EvaluationResult):
@@ -483,35 +485,66 @@ class GenerativeAnalyzer:
 
     @torch.inference_mode()
     def _generate_batch(self, batch: list[list[int]]) -> list[Generation]:
-        from transformers import LogitsProcessorList
+        """Greedy decoding of one left-padded batch with a KV cache, written out rather than ``generate``.
 
+        peft 0.21's ``generate`` for prompt-learning adapters hands the virtual tokens over under the old
+        ``past_key_values`` name, which transformers 5 ignores while generating. Here the prompt goes through
+        the (peft) model once; each new token then goes through the underlying model with the cache, which
+        already holds the virtual tokens. Positions count real tokens only, as in training (``prompt`` tuning
+        excepted: peft ignores position ids there, in training too).
+        """
         tok = self.tokenizer
-        length = max(len(x) for x in batch)
-        input_ids = torch.full((len(batch), length), tok.pad_token_id, dtype=torch.long)
+        rows, length = len(batch), max(len(x) for x in batch)
+        input_ids = torch.full((rows, length), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
         for row, x in enumerate(batch):
             input_ids[row, length - len(x):] = torch.as_tensor(x)
             mask[row, length - len(x):] = 1
-        recorder = _ChosenTokenProbability()
-        sequences = self.model.generate(
-            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-            max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1, eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id, logits_processor=LogitsProcessorList([recorder]))
-        generated = sequences[:, length:].cpu()
-        probs = torch.stack(recorder.steps, dim=1) if recorder.steps else torch.zeros((len(batch), 0))
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        peft_config = getattr(self.model, "active_peft_config", None)
+        virtual = peft_config.num_virtual_tokens if peft_config is not None and peft_config.is_prompt_learning else 0
+        kind = getattr(getattr(peft_config, "peft_type", None), "value", "") if virtual else ""
+        step_model = self.model.get_base_model() if virtual else self.model
+        cache_arg = _cache_argument(step_model)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with_positions = kind != "PROMPT_TUNING"
+        kwargs = {"use_cache": True, **({"position_ids": positions} if with_positions else {})}
+        if _accepts_logits_to_keep(self.model):
+            kwargs["logits_to_keep"] = 1
+        out = self.model(input_ids=input_ids, attention_mask=mask, **kwargs)  # peft offsets prefix positions itself
+        next_position = positions[:, -1:] + 1 + (virtual if kind == "PREFIX_TUNING" else 0)
+        full_mask = torch.cat([torch.ones((rows, virtual), dtype=mask.dtype, device=mask.device), mask], dim=1)
+        finished = torch.zeros(rows, dtype=torch.bool, device=mask.device)
+        tokens, probs = [], []
+        for step in range(self.max_new_tokens):
+            prob, token = torch.softmax(out.logits[:, -1].float(), dim=-1).max(dim=-1)
+            token = torch.where(finished, torch.full_like(token, tok.pad_token_id), token)
+            tokens.append(token)
+            probs.append(prob)
+            finished |= token == tok.eos_token_id
+            if bool(finished.all()) or step == self.max_new_tokens - 1:
+                break
+            full_mask = torch.cat([full_mask, torch.ones((rows, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+            step_kwargs = {"use_cache": True, cache_arg: _cache_of(out)}
+            if with_positions:
+                step_kwargs["position_ids"] = next_position
+                next_position = next_position + 1
+            out = step_model(input_ids=token[:, None], attention_mask=full_mask, **step_kwargs)
+        generated = torch.stack(tokens, dim=1).cpu()
+        chosen = torch.stack(probs, dim=1).cpu()
         results = []
-        for row in range(len(batch)):
-            tokens = generated[row].tolist()
-            finished = tok.eos_token_id in tokens
-            n = tokens.index(tok.eos_token_id) + 1 if finished else len(tokens)
-            p = probs[row, :n]
-            text = tok.decode(tokens[:n], skip_special_tokens=True).strip()
-            results.append(Generation(text, float(p.mean()) if n else 0.0, finished, n))
+        for row in range(rows):
+            ids = generated[row].tolist()
+            ended = tok.eos_token_id in ids
+            n = ids.index(tok.eos_token_id) + 1 if ended else len(ids)
+            text = tok.decode(ids[:n], skip_special_tokens=True).strip()
+            results.append(Generation(text, float(chosen[row, :n].mean()) if n else 0.0, ended, n))
         return results
 
     # -- analysis and evaluation
 
-    def predict(self, texts: Sequence[str]) -> tuple[list[Generation | None], list[dict[str, int]], list[list[ParseProblem]]]:
+    def predict(self, texts: Sequence[str]
+                ) -> tuple[list[Generation | None], list[dict[str, int]], list[list[ParseProblem]]]:
         """Generations, parsed labels and parse problems; reviews without letters or digits are not generated."""
         live = [i for i, t in enumerate(texts) if isinstance(t, str) and has_content(t)]
         generations: list[Generation | None] = [None] * len(texts)
@@ -562,7 +595,14 @@ class GenerativeAnalyzer:
         y_true = [schema.level_index(gold[i][kw]) for i, kw in matched]
         y_pred = [schema.level_index(predicted[i][kw]) for i, kw in matched]
         names = schema.level_names()
-        sentiment = _headline(sentiment_report(y_true, y_pred, names))
+        if matched:
+            sentiment = _headline(sentiment_report(y_true, y_pred, names))
+            confusion = sentiment_confusion(y_true, y_pred, len(names))
+        else:  # the model named none of the gold keywords: nothing to score (sklearn refuses empty input)
+            zero = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+            sentiment = _headline({**{n: dict(zero) for n in names},
+                                   **{avg: dict(zero) for avg in ("micro", "macro", "weighted")}})
+            confusion = np.zeros((len(names), len(names)), dtype=int)
         kinds = Counter(p.kind for found in problems for p in found)
         unknown = Counter(p.keyword for found in problems for p in found if p.kind == "unknown_keyword")
         n = len(dataset)
@@ -577,5 +617,4 @@ class GenerativeAnalyzer:
                      "problems": [p.to_dict() for p in found]} for i, found in enumerate(problems) if found][:20]
         extra = {"generation": {"summary": summary, "unknown_keywords": dict(unknown.most_common(20)),
                                 "examples": examples}}
-        return GenerativeEvaluationResult(result["keywords"], sentiment, result["pipeline"],
-                                          sentiment_confusion(y_true, y_pred, len(names)), names, extra)
+        return GenerativeEvaluationResult(result["keywords"], sentiment, result["pipeline"], confusion, names, extra)

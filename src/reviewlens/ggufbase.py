@@ -163,13 +163,16 @@ def convert_gguf(gguf_path: Path, out: Path) -> None:
         os.chmod(path, 0o644)
 
 
-def load_causal_lm(name_or_path: str):
-    """(model, tokenizer) of a causal-LM base: a GGUF base name or file, a local folder or a hub name."""
+def load_causal_lm(name_or_path: str, *, tokenizer: bool = True):
+    """(model, tokenizer) of a causal-LM base: a GGUF base name or file, a local folder or a hub name.
+
+    ``tokenizer=False`` skips the tokenizer (None in its place): a trained bundle keeps its own copy.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_causal_base(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path) if tokenizer else None
         model = AutoModelForCausalLM.from_pretrained(path)
     except OSError as exc:
         raise ModelError(

@@ -144,15 +144,21 @@ def evaluate_against(analyzer, eval_data) -> dict:
 
 
 def compress(model: str | Path | None, output: str | Path, config: CompressConfig, *, train_data=None,
-             unlabeled=None, eval_data=None, threads: int | None = None) -> ModelBundle:
-    """Write a compressed copy of the torch bundle ``model`` to ``output``; returns the new bundle."""
+             unlabeled=None, eval_data=None, reference: dict | None = None,
+             threads: int | None = None) -> ModelBundle:
+    """Write a compressed copy of the torch bundle ``model`` to ``output``; returns the new bundle.
+
+    With labeled ``eval_data`` both the new and the source bundle are evaluated on it; pass the source's
+    ``evaluate_against`` metrics on the same data as ``reference`` to skip its evaluation.
+    """
     import torch
 
     from ..analyzer import ReviewAnalyzer
     from ..modeling import load_classifier, max_input_length, save_classifier
     from ..scoring import KEYWORD, SENTIMENT, TorchScorer
     from ..tasks import SENTIMENT_TEMPLATE
-    from .distill import DistillSettings, apply_trimmed_vocabulary, distill_model, make_student, trim_vocabulary
+    from .distill import (DistillSettings, apply_trimmed_vocabulary, distill_model, make_student, refit_normalizer,
+                          trim_vocabulary)
     from .onnx import export_classifier
     from .prune import count_parameters, prune_by_importance
     from .quantize import quantize_directory
@@ -202,6 +208,7 @@ def compress(model: str | Path | None, output: str | Path, config: CompressConfi
         if config.distill:
             model_ = make_student(model_, config.student_layers)
             record["student_layers"] = config.student_layers
+            record["normalizer_refit"] = refit_normalizer(model_, tokenizer, inputs[which], settings.max_length)
             record["distillation"] = distill_model(model_, tokenizer, inputs[which], teacher_logits, problem_type,
                                                    settings, desc=f"distill {which}")
         if config.prune:
@@ -243,7 +250,7 @@ def compress(model: str | Path | None, output: str | Path, config: CompressConfi
     if eval_data is not None:
         compressed = ReviewAnalyzer.from_pretrained(output)
         got = evaluate_against(compressed, eval_data)
-        reference = evaluate_against(ReviewAnalyzer(source, teacher), eval_data)
+        reference = reference or evaluate_against(ReviewAnalyzer(source, teacher), eval_data)
         summary.update({"eval_data": Path(eval_data).name, "f1": got["pipeline_f1"], "eval": got,
                         "source_f1": reference["pipeline_f1"],
                         "f1_loss_points": round(100 * (reference["pipeline_f1"] - got["pipeline_f1"]), 3)})

@@ -208,6 +208,23 @@ def make_student(teacher, num_layers: int):
     return student
 
 
+def refit_normalizer(model, tokenizer, texts: Sequence[str], max_length: int, *, max_texts: int = 512,
+                     batch_size: int = 32) -> bool:
+    """Re-measure a mean-pooling head's feature standardisation on the student's own features.
+
+    Dropping layers changes the scale of the pooled features; re-standardising them gives the copied
+    head inputs of the scale it was trained on, a better start for distillation. False if the model has
+    no such normaliser.
+    """
+    if not hasattr(model, "fit_normalizer"):
+        return False
+    texts = list(texts)[:max_texts]
+    batches = [tokenizer(texts[i:i + batch_size], truncation=True, max_length=max_length, padding=True,
+                         return_tensors="pt") for i in range(0, len(texts), batch_size)]
+    model.fit_normalizer([{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in batches])
+    return True
+
+
 # -- distillation -------------------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -150,11 +151,12 @@ def _fuse(source: Path, target: Path, shape: dict) -> dict[str, int]:
     num_heads = heads.pop() if len(heads) == 1 else 0
     hidden = num_heads * shape["head_dim"] if num_heads else 0
     try:
-        optimized = optimize_model(str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden)
-        stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
-        if not stats:
-            return {}
-        optimized.save_model_to_file(str(target))
+        with quiet_onnxruntime_tools():
+            optimized = optimize_model(str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden)
+            stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+            if not stats:
+                return {}
+            optimized.save_model_to_file(str(target))
     except Exception as exc:  # noqa: BLE001 - a fusion failure only costs speed
         logger.warning("onnxruntime graph fusion failed (%s); keeping the unfused graph", exc)
         return {}
@@ -167,19 +169,25 @@ def _max_diff(ort, path: Path, feeds: dict, expected: np.ndarray) -> float:
     return float(np.abs(got - expected).max())
 
 
-class _quiet_export:
+@contextmanager
+def _quiet_export():
     """Silence the exporter's tracer warnings (data-dependent branches that are constant for encoders)."""
+    import warnings
 
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return self
+        yield
 
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+
+@contextmanager
+def quiet_onnxruntime_tools(level: int = logging.INFO):
+    """onnxruntime's optimizer and quantizer log every step at INFO, some on the root logger; hide that."""
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, level))
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def read_info(directory: str | Path) -> dict:

@@ -12,13 +12,14 @@ vocabulary (``distill.trim_vocabulary``) shrinks the table without that loss.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelError, require
-from .onnx import INPUT_NAMES, ONNX_FILE, read_info, write_info
+from .onnx import INPUT_NAMES, ONNX_FILE, quiet_onnxruntime_tools, read_info, write_info
 
 MATMUL_OPS = ("MatMul", "Attention")
 EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
@@ -38,11 +39,12 @@ def quantize_directory(directory: str | Path, *, per_channel: bool = True, embed
     tmp = directory / f".{ONNX_FILE}.int8.tmp"
     ops = list(MATMUL_OPS) + (list(EMBEDDING_OPS) if embeddings else [])
     try:
-        quantize_dynamic(
-            str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel, reduce_range=False,
-            op_types_to_quantize=ops,
-            # fused com.microsoft ops have no ONNX shape inference; their outputs are float32
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        with quiet_onnxruntime_tools(logging.WARNING):  # also its advice to pre-process: the graph is optimised
+            quantize_dynamic(
+                str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel, reduce_range=False,
+                op_types_to_quantize=ops,
+                # fused com.microsoft ops have no ONNX shape inference; their outputs are float32
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         _smoke_test(tmp, info)
         os.replace(tmp, source)
     finally:

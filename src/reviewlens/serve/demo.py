@@ -7,6 +7,7 @@ them without a browser.
 from __future__ import annotations
 
 import html
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,11 +48,19 @@ def launch(model: Path | None, host: str = "127.0.0.1", port: int = 8501) -> Non
                "--"]
     if model is not None:
         command += ["--model", str(Path(model).resolve())]
+    process = subprocess.Popen(command)
+    try:  # `docker stop` signals only this process: pass SIGTERM on, so Streamlit shuts down cleanly
+        previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+    except ValueError:  # not the main thread: leave the handlers alone
+        previous = None
     try:
-        code = subprocess.call(command)
-    except KeyboardInterrupt:
-        return
-    if code not in (0, -2, 130):  # 130 / -2: stopped with Ctrl+C
+        code = process.wait()
+    except KeyboardInterrupt:  # Ctrl+C reached Streamlit too (same process group)
+        code = process.wait()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if code not in (0, -2, -15, 130, 143):  # stopped with Ctrl+C or SIGTERM
         raise ReviewlensError(f"the Streamlit demo exited with status {code} (command: {' '.join(command)})")
 
 

@@ -19,8 +19,8 @@ from reviewlens.errors import ReviewlensError
 from reviewlens.serve.demo import (CSS, bundle_choices, highlighted_text_html, keyword_chips_html, results_csv,
                                    word_scores)
 
-MAX_UPLOAD_REVIEWS = 2000
-"""Reviews analysed from one uploaded file (the demo runs on a CPU; use `reviewlens analyze` for more)."""
+# No bare strings below the module docstring: Streamlit's "magic" would print them on the page.
+MAX_UPLOAD_REVIEWS = 2000  # reviews analysed from one uploaded file (use `reviewlens analyze` for more)
 OWN_TEXT = "(직접 입력 / type your own)"
 OTHER_PATH = "other path…"
 
@@ -36,17 +36,21 @@ def load_analyzer(path: str) -> ReviewAnalyzer:
     return ReviewAnalyzer.from_pretrained(path)
 
 
-def choose_model(given: Path | None) -> tuple[str, ReviewAnalyzer] | None:
-    """Sidebar: pick a bundle (the given one, the default, any under models/, or a typed path) and load it."""
+def choose_model(given: Path | None) -> str | None:
+    """Sidebar: pick a bundle directory (the given one, the default, any under models/, or a typed path)."""
     st.sidebar.header("Model bundle")
     choices = bundle_choices(given)
     choice = st.sidebar.selectbox("Bundle", choices + [OTHER_PATH], key="bundle_choice")
-    path = choice
-    if choice == OTHER_PATH:
-        path = st.sidebar.text_input("Bundle path", placeholder="path/to/bundle (holds reviewlens.json)").strip()
-        if not path:
-            st.sidebar.info("Type the path of a bundle directory.")
-            return None
+    if choice != OTHER_PATH:
+        return choice
+    path = st.sidebar.text_input("Bundle path", placeholder="path/to/bundle (holds reviewlens.json)").strip()
+    if not path:
+        st.sidebar.info("Type the path of a bundle directory.")
+    return path or None
+
+
+def get_analyzer(path: str) -> ReviewAnalyzer | None:
+    """The bundle's analyzer (loaded once per path), or None with the error shown in the sidebar."""
     try:
         analyzer = load_analyzer(path)
     except ReviewlensError as exc:
@@ -55,7 +59,7 @@ def choose_model(given: Path | None) -> tuple[str, ReviewAnalyzer] | None:
     bundle = analyzer.bundle
     st.sidebar.caption(f"{len(analyzer.keywords)} keywords · levels {', '.join(str(v) for v in analyzer.levels)} · "
                        f"base {bundle.base_model or '?'} · {bundle.kind}/{bundle.backend}")
-    return path, analyzer
+    return analyzer
 
 
 def show_analysis(analyzer: ReviewAnalyzer, stored: dict) -> None:
@@ -76,19 +80,37 @@ def show_analysis(analyzer: ReviewAnalyzer, stored: dict) -> None:
         st.caption("No highlighted words (no keyword found, or highlights were off).")
 
     st.subheader("Keyword probabilities")
-    frame = pd.DataFrame({"keyword": analyzer.keywords, "probability": stored["probabilities"]})
-    frame = frame.sort_values("probability", ascending=False).set_index("keyword")
-    st.bar_chart(frame, horizontal=True, height=max(200, 24 * len(frame)))
+    import altair as alt
+
+    found = set(names)
+    frame = pd.DataFrame({"keyword": analyzer.keywords, "probability": stored["probabilities"],
+                          "found": ["detected" if k in found else "below threshold" for k in analyzer.keywords],
+                          "threshold": [analyzer.bundle.thresholds.get(k, 0.5) for k in analyzer.keywords]})
+    order = frame.sort_values("probability", ascending=False)["keyword"].tolist()
+    bars = alt.Chart(frame).mark_bar().encode(
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("keyword:N", sort=order, title=None),
+        color=alt.Color("found:N", scale=alt.Scale(domain=["detected", "below threshold"],
+                                                   range=["#2e7d32", "#b0b7bf"]), legend=alt.Legend(title=None)),
+        tooltip=["keyword", alt.Tooltip("probability:Q", format=".3f"), alt.Tooltip("threshold:Q", format=".2f")])
+    ticks = alt.Chart(frame).mark_tick(color="#333", thickness=2).encode(
+        x="threshold:Q", y=alt.Y("keyword:N", sort=order))
+    st.altair_chart(bars + ticks, width="stretch")
+    st.caption("Bars: the keyword model's probability; ticks: the bundle's calibrated threshold.")
     with st.expander("JSON (as `reviewlens analyze --format json`)"):
         st.json(result)
 
 
-def review_tab(path: str, analyzer: ReviewAnalyzer, highlights: bool, top_k: int) -> None:
+def review_tab(path: str, highlights: bool, top_k: int) -> ReviewAnalyzer | None:
+    """The form shows at once; the model loads (once) right after it. Returns the analyzer."""
     example = st.selectbox("Example review", [OWN_TEXT] + SEED_EXAMPLES, key="example")
     with st.form("analyze_form"):
         text = st.text_area("Review / 리뷰", value="" if example == OWN_TEXT else example, height=110,
                             placeholder="옷은 예쁘지만 배송은 늦어요")
         submitted = st.form_submit_button("Analyze / 분석", type="primary")
+    analyzer = get_analyzer(path)
+    if analyzer is None:
+        return None
     if submitted:
         if not text.strip():
             st.warning("Type or pick a review first.")
@@ -100,6 +122,7 @@ def review_tab(path: str, analyzer: ReviewAnalyzer, highlights: bool, top_k: int
     stored = st.session_state.get("single")
     if stored and stored["model"] == path:
         show_analysis(analyzer, stored)
+    return analyzer
 
 
 def file_tab(path: str, analyzer: ReviewAnalyzer, highlights: bool, top_k: int) -> None:
@@ -138,7 +161,7 @@ def file_tab(path: str, analyzer: ReviewAnalyzer, highlights: bool, top_k: int) 
         st.dataframe(pd.DataFrame([{"id": r.id or "", "text": r.text, "completion": r.completion()}
                                    for r in results]), hide_index=True)
         st.download_button("Download results (CSV)", results_csv(results), file_name="reviewlens-results.csv",
-                           mime="text/csv", key="download")
+                           mime="text/csv", key="download", on_click="ignore")
 
 
 def main() -> None:
@@ -146,16 +169,17 @@ def main() -> None:
     st.markdown(CSS, unsafe_allow_html=True)
     st.title("reviewlens")
     st.caption("Korean product reviews → keywords, per-keyword sentiment and the words behind them.")
-    chosen = choose_model(parse_args().model)
-    if chosen is None:
+    path = choose_model(parse_args().model)
+    if path is None:
         st.info("Choose a model bundle in the sidebar (train one with `reviewlens train`).")
         return
-    path, analyzer = chosen
     highlights = st.sidebar.toggle("Highlight words", value=True)
     top_k = st.sidebar.slider("Words per keyword", 1, 10, 3)
     single, batch = st.tabs(["Review / 리뷰", "CSV file / 파일"])
     with single:
-        review_tab(path, analyzer, highlights, top_k)
+        analyzer = review_tab(path, highlights, top_k)
+    if analyzer is None:
+        return
     with batch:
         file_tab(path, analyzer, highlights, top_k)
 

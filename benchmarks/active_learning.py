@@ -1,0 +1,153 @@
+"""Active-learning simulation on NIKL: which selection strategy reaches random sampling's F1 with fewer labels?
+
+The pool is NIKL ``train.jsonl`` with its labels hidden until a strategy chooses a review; every round
+trains a model on the labels revealed so far and scores the pipeline (keyword + level pairs, the NIKL
+"entire pipeline" micro F1) on ``dev.jsonl``. Strategies go through ``reviewlens.selection.select``
+exactly as ``reviewlens select`` does (de-duplication included).
+
+The model is ``reviewlens.baselines.FastReviewModel`` (TF-IDF character n-grams + SGD logistic
+regressions; embeddings = TruncatedSVD of TF-IDF), NOT the transformer bundle: a transformer per
+round x strategy x seed does not fit in an hour on a shared 2-core CPU. The rare-text SentencePiece
+model learns from the pool's texts (the `select` default when no --first-data is given).
+
+    python benchmarks/active_learning.py            # 3 seeds, budgets 100..1500 by 100 (target: < 60 min)
+    python benchmarks/active_learning.py --quick    # 1 seed, budgets 100..1500 by 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from reviewlens.baselines import FastModelConfig, FastReviewModel, TfidfFeatures  # noqa: E402
+from reviewlens.data import read_reviews  # noqa: E402
+from reviewlens.evaluation import evaluate_predictions  # noqa: E402
+from reviewlens.selection import DEFAULT_STRATEGY, SelectionContext, make_strategy, select  # noqa: E402
+
+NIKL = ROOT.parent / "shared" / "data" / "nikl-absa-2022"
+STRATEGIES = {"random": "random", "keyword-boundary": "keyword-boundary", "sentiment-margin": "sentiment-margin",
+              "rare-text": "rare-text", "outliers": "outliers", "mix": DEFAULT_STRATEGY}
+
+
+def simulate(pool, dev, spec: str, budgets: list[int], initial: int, seed: int, features: TfidfFeatures,
+             text_cache: dict, config: FastModelConfig) -> list[tuple[int, float, float]]:
+    """(labels, pipeline F1, category F1) after each round of one strategy and seed."""
+    rng = np.random.default_rng(seed)
+    labeled = [int(i) for i in rng.choice(len(pool), initial, replace=False)]
+    curve = []
+    model = FastReviewModel(pool.schema, config, features=features).fit(pool.subset(labeled))
+    for budget in budgets:
+        if budget > len(labeled):  # a round: the current model picks the next reviews, then retrains
+            context = SelectionContext.from_dataset(pool, model, text_cache=text_cache)
+            strategy = make_strategy(spec, seed=seed + budget)
+            chosen = select(context, strategy, budget - len(labeled), exclude_ids=[pool.ids[i] for i in labeled],
+                            seed=seed + budget)
+            labeled += chosen.indices
+            model = FastReviewModel(pool.schema, config, features=features).fit(pool.subset(labeled))
+        result = evaluate_predictions(dev, model.predict(dev.texts))
+        curve.append((len(labeled), result["pipeline"]["f1"], result["pipeline"]["category"]["f1"]))
+    return curve
+
+
+def labels_to_reach(budgets: list[int], f1s: np.ndarray, target: float) -> float | None:
+    """The label count at which a mean learning curve first reaches ``target`` (linear between budgets)."""
+    for k, (b, f) in enumerate(zip(budgets, f1s)):
+        if f >= target:
+            if k == 0:
+                return float(b)
+            b0, f0 = budgets[k - 1], f1s[k - 1]
+            return float(b0 + (b - b0) * (target - f0) / (f - f0))
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pool", type=Path, default=NIKL / "train.jsonl")
+    parser.add_argument("--dev", type=Path, default=NIKL / "dev.jsonl")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--initial", type=int, default=100)
+    parser.add_argument("--step", type=int, default=100)
+    parser.add_argument("--budget", type=int, default=1500)
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated names of STRATEGIES")
+    parser.add_argument("--quick", action="store_true", help="1 seed, step 200")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "active_learning")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.step = 1, 200
+    if not args.pool.exists():
+        sys.exit(f"{args.pool} is not here (the NIKL data lives in ../shared/data)")
+
+    start = time.time()
+    pool = read_reviews(args.pool)
+    dev = read_reviews(args.dev, schema=pool.schema, allow_new_keywords=True)
+    pool.schema = dev.schema  # keywords only dev has count as misses
+    config = FastModelConfig()
+    features = TfidfFeatures(pool.texts + dev.texts, config)
+    text_cache: dict = {}
+    budgets = list(range(args.initial, args.budget + 1, args.step))
+    if budgets[-1] != args.budget:
+        budgets.append(args.budget)
+    names = [s.strip() for s in args.strategies.split(",")]
+    curves: dict[str, np.ndarray] = {}
+    for name in names:
+        runs = []
+        for seed in range(args.seeds):
+            t0 = time.time()
+            runs.append(simulate(pool, dev, STRATEGIES[name], budgets, args.initial, seed, features, text_cache,
+                                 config))
+            print(f"  {name:17s} seed {seed}: F1 {runs[-1][-1][1]:.3f} at {budgets[-1]} labels "
+                  f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+        curves[name] = np.array([[f1 for _, f1, _ in run] for run in runs])  # (seeds, budgets)
+
+    print(f"\nActive learning on NIKL ({len(pool)} pool reviews, {len(dev)} dev): pipeline micro F1 on dev, "
+          f"mean over {args.seeds} seed(s){' (quick mode)' if args.quick else ''}.")
+    print("Model: FastReviewModel (TF-IDF char 1-3-grams + SGD logistic regressions), not a transformer.\n")
+    print("| labels | " + " | ".join(names) + " |")
+    print("| ---: |" + " ---: |" * len(names))
+    for k, budget in enumerate(budgets):
+        cells = []
+        for name in names:
+            values = curves[name][:, k]
+            cells.append(f"{values.mean():.3f}" + (f" ± {values.std():.3f}" if len(values) > 1 else ""))
+        print(f"| {budget} | " + " | ".join(cells) + " |")
+    if "random" in curves:
+        target = curves["random"][:, -1].mean()
+        print(f"\nLabels each strategy needs to reach random's F1 at {budgets[-1]} labels ({target:.3f}); "
+              f"target: <= 900 for the best:\n")
+        print("| strategy | labels to reach | ratio to random |")
+        print("| --- | ---: | ---: |")
+        for name in names:
+            need = labels_to_reach(budgets, curves[name].mean(axis=0), target)
+            shown = f"{need:.0f}" if need is not None else f"not reached by {budgets[-1]}"
+            ratio = f"{need / budgets[-1]:.2f}" if need is not None else "-"
+            print(f"| {name} | {shown} | {ratio} |")
+
+    from reviewlens.plotting import _pyplot, save_figure
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in names:
+        mean = curves[name].mean(axis=0)
+        ax.plot(budgets, mean, marker="o", markersize=3, label=name)
+        if args.seeds > 1:
+            std = curves[name].std(axis=0)
+            ax.fill_between(budgets, mean - std, mean + std, alpha=0.15)
+    ax.set_xlabel("labeled reviews")
+    ax.set_ylabel("pipeline F1 (dev)")
+    ax.set_title("NIKL active learning (FastReviewModel)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = save_figure(fig, args.out / "learning_curve.png")
+    plt.close(fig)
+    print(f"\nlearning curve: {path}; {time.time() - start:.0f} s wall")
+
+
+if __name__ == "__main__":
+    main()

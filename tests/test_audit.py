@@ -1,0 +1,205 @@
+"""Label audit: confident-learning flags, out-of-fold predictions, tagging rules and the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reviewlens.audit import (AuditReport, Predictions, audit, bundle_predictions, check_rules, find_label_issues,
+                              kfold_indices, labeled_pairs, load_rules, out_of_fold_predictions, rank_reviews)
+from reviewlens.data import Review, ReviewDataset, read_reviews
+from reviewlens.errors import ReviewlensError
+from reviewlens.schema import LabelSchema
+
+from conftest import EXAMPLES
+
+SCHEMA = LabelSchema(["A", "B"], [-1, 0, 1])
+
+
+def _dataset(labels: list[dict]) -> ReviewDataset:
+    return ReviewDataset([Review(f"r{i}", f"리뷰 {i}", dict(l)) for i, l in enumerate(labels)], SCHEMA, "toy")
+
+
+def _toy():
+    """8 reviews; the model disagrees with three labels and is unsure of one review (r6)."""
+    labels = [{"A": 1, "B": 1}, {"A": 1, "B": -1}, {"A": 1}, {"A": 1}, {}, {}, {}, {}]
+    dataset = _dataset(labels)
+    probs_a = [0.9, 0.8, 0.7, 0.05, 0.1, 0.2, 0.6, 0.95]
+    probs_b = [0.9, 0.85, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    sure_positive = [0.05, 0.05, 0.9]
+    dists = {(0, "A"): sure_positive, (0, "B"): sure_positive, (1, "A"): sure_positive,
+             (1, "B"): [0.7, 0.1, 0.2], (2, "A"): sure_positive, (3, "A"): [0.95, 0.03, 0.02]}
+    pairs = labeled_pairs(dataset)
+    predictions = Predictions(np.array([probs_a, probs_b]).T, pairs, np.array([dists[p] for p in pairs]), "toy model")
+    return dataset, predictions
+
+
+def test_confident_learning_flags_with_per_class_thresholds():
+    dataset, predictions = _toy()
+    issues = find_label_issues(dataset, predictions)
+    found = [(i.row, i.kind, i.keyword, i.suggested) for i in issues]
+    # ranked by self-confidence: r3's positive label has p=0.02, then r3's A (p=0.05) and r7's missing A (0.05)
+    assert found == [(3, "sentiment", "A", "A -1"), (3, "keyword_extra", "A", "remove A"),
+                     (7, "keyword_missing", "A", "add A")]
+    # each class's threshold is its mean self-confidence: of "A labeled" the mean p(A) of the reviews labeled A,
+    # of "A not labeled" the mean 1 - p(A) of the others
+    assert issues[1].threshold == pytest.approx(np.mean([0.9, 0.8, 0.7, 0.05]))
+    assert issues[2].threshold == pytest.approx(np.mean([0.9, 0.8, 0.4, 0.05]))
+    assert issues[0].threshold == pytest.approx(np.mean([0.9, 0.9, 0.9, 0.9, 0.02]))  # level 1 over its 5 pairs
+
+
+def test_ranking_puts_flagged_reviews_first_then_the_least_confident():
+    dataset, predictions = _toy()
+    order = rank_reviews(dataset, predictions)
+    # r6 (A at 0.6, not labeled) is not flagged: 0.6 is below the mean 0.6125 of the labeled A reviews,
+    # but it is the least confident of the rest
+    assert list(order[:3]) == [3, 7, 6]
+    assert not any(i.row == 6 for i in find_label_issues(dataset, predictions))
+
+
+def test_unscored_keywords_and_levels_are_not_flagged():
+    dataset, predictions = _toy()
+    predictions.keyword_probs[:, 0] = np.nan  # a model that does not know keyword A
+    predictions.sentiment_probs[:] = np.nan
+    assert find_label_issues(dataset, predictions) == []
+
+
+def _rules_dataset() -> ReviewDataset:
+    rows = [("쫀쫀하고 좋은데 보풀이 많이생기네요", {"신축성": 1}), ("허리 밴드가 짱짱해요", {"신축성": 1}),
+            ("구겨져서 배송왔어요", {"배송": -1}), ("구김이 잘 가요", {"품질": -1}), ("바느질이 엉망", {"마감": -1}),
+            ("실 밥이 나와요", {"품질": -1}), ("세탁 후 목이 늘어나요", {"신축성": -1}), ("잘 늘어나서 편해요", {"신축성": 1}),
+            ("소재가 좋아요", {"소재": 1})]
+    schema = LabelSchema(["품질", "신축성", "소재", "마감", "배송"], [-2, -1, 0, 1, 2])
+    return ReviewDataset([Review(str(i), t, l) for i, (t, l) in enumerate(rows)], schema, "rules-toy")
+
+
+def test_fashion_rules_encode_the_seed_guideline():
+    rules = load_rules("fashion")
+    assert {r.id for r in rules.rules} >= {"tight-knit-is-quality", "stitching-is-finishing", "wrinkles-are-material"}
+    issues, notes = check_rules(_rules_dataset(), rules)
+    found = sorted((int(i.id), i.rule, i.suggested) for i in issues)
+    assert found == [
+        (0, "tight-knit-is-quality", "add 품질"),
+        (0, "tight-knit-is-quality", "신축성 -> 품질"),
+        (3, "wrinkles-are-material", "add 소재 or 마감처리"),
+        (5, "stitching-is-finishing", "add 마감처리"),  # "실 밥": spaces do not hide the word
+        (6, "stretching-with-wear-is-quality", "add 품질"),
+    ]
+    assert notes == []  # 마감 counts as 마감처리 through the rule set's aliases
+    assert "'쫀쫀'" in next(i.detail for i in issues if i.id == "0")
+
+
+def test_rules_that_cannot_apply_are_noted(nikl_slice):
+    issues, notes = check_rules(read_reviews(nikl_slice), load_rules("fashion"))
+    assert issues == [] and len(notes) == len(load_rules("fashion").rules)
+    assert all("skipped" in note for note in notes)
+
+
+def test_bad_rules_files_say_what_to_fix(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - id: x\n    words: [a]\n    expect: [b]\n", encoding="utf-8")
+    with pytest.raises(ReviewlensError, match=r"rule 1: unknown field\(s\) \['expect'\]"):
+        load_rules(path)
+    path.write_text("rules:\n  - id: x\n    words: []\n    expect_any: [b]\n", encoding="utf-8")
+    with pytest.raises(ReviewlensError, match="at least one trigger word"):
+        load_rules(path)
+    path.write_text("- just a list\n", encoding="utf-8")
+    with pytest.raises(ReviewlensError, match="a 'rules' list"):
+        load_rules(path)
+    with pytest.raises(ReviewlensError, match="packaged rule sets: fashion"):
+        load_rules(tmp_path / "missing.yaml")
+
+
+class _Memorizer:
+    """A model that knows only the reviews it was trained on: probability 1 for their labels, else 0."""
+
+    def __init__(self, part: ReviewDataset) -> None:
+        self.keywords, self.levels = list(part.schema.keywords), list(part.schema.levels)
+        self.seen = {r.text for r in part.reviews}
+
+    def keyword_probs(self, texts):
+        return np.array([[1.0 if t in self.seen else 0.0] * len(self.keywords) for t in texts])
+
+    def sentiment_probs(self, texts, keywords):
+        return np.array([[1.0 if t in self.seen else 0.0] * len(self.levels) for t in texts])
+
+
+def test_out_of_fold_predictions_never_score_a_review_with_its_own_model(nikl_slice):
+    dataset = read_reviews(nikl_slice)
+    predictions = out_of_fold_predictions(dataset, folds=4, fit=lambda part, fold: _Memorizer(part))
+    assert predictions.keyword_probs.shape == (len(dataset), dataset.schema.num_keywords)
+    assert np.all(predictions.keyword_probs == 0.0) and np.all(predictions.sentiment_probs == 0.0)
+    assert len(predictions.pairs) == sum(len(r.labels) for r in dataset)
+    held_out = np.concatenate([test for _, test in kfold_indices(len(dataset), 4)])
+    assert sorted(held_out.tolist()) == list(range(len(dataset)))
+
+
+def test_flipped_sentiment_labels_are_found_on_real_data(nikl_slice):
+    """Truth from real data: positive labels turned negative are flagged (fast TF-IDF model, 5 folds)."""
+    from reviewlens.baselines import FastModelConfig, FastReviewModel
+
+    dataset = read_reviews(nikl_slice)
+    rng = np.random.default_rng(0)
+    positive = [(i, k) for i, r in enumerate(dataset.reviews) for k, v in r.labels.items() if v == 1]
+    flipped = [positive[j] for j in rng.choice(len(positive), 10, replace=False)]
+    for i, keyword in flipped:
+        dataset.reviews[i].labels[keyword] = -1
+    config = FastModelConfig(threshold_folds=0)
+    predictions = out_of_fold_predictions(dataset, folds=5,
+                                          fit=lambda part, fold: FastReviewModel(part.schema, config).fit(part))
+    sentiment = [(i.row, i.keyword) for i in find_label_issues(dataset, predictions) if i.kind == "sentiment"]
+    recall = len(set(sentiment) & set(flipped)) / len(flipped)
+    assert recall >= 0.7, f"only {recall:.0%} of the flipped labels were flagged"
+    assert len(set(sentiment[:10]) & set(flipped)) >= 7  # and they rank first
+
+
+def test_out_of_fold_training_with_tiny_transformers(tiny_base):
+    from reviewlens.training import TrainConfig
+
+    dataset = read_reviews(EXAMPLES / "fashion_reviews.csv")
+    config = TrainConfig(base=str(tiny_base), pooling="mean", keyword_epochs=1, sentiment_epochs=1, batch_size=16,
+                         learning_rate=2e-3, early_stopping_patience=0, seed=0)
+    predictions = out_of_fold_predictions(dataset, config, folds=2, seed=0)
+    assert np.isfinite(predictions.keyword_probs).all() and np.isfinite(predictions.sentiment_probs).all()
+    assert ((predictions.keyword_probs >= 0) & (predictions.keyword_probs <= 1)).all()
+    assert np.allclose(predictions.sentiment_probs.sum(axis=1), 1.0, atol=1e-4)
+    assert "2 folds" in predictions.method and str(tiny_base) in predictions.method
+
+
+def test_fast_mode_report_and_cli(tiny_bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from reviewlens.cli import app
+
+    dataset = read_reviews(EXAMPLES / "fashion_reviews.csv")
+    predictions = bundle_predictions(dataset, tiny_bundle)
+    assert predictions.keyword_probs.shape == (len(dataset), dataset.schema.num_keywords)
+    assert "fast mode" in predictions.method
+    report = audit(dataset, predictions, load_rules("fashion"))
+    summary = {row["label"]: row for row in report.summary()}
+    assert summary["배송"]["support"] == sum("배송" in r.labels for r in dataset)
+    assert all(row["suspected_wrong"] <= row["support"] for row in report.summary())
+    markdown = report.to_markdown()
+    assert "| label | support | suspected wrong" in markdown and "fast mode" in markdown
+
+    result = CliRunner().invoke(app, ["audit", "--data", str(EXAMPLES / "fashion_reviews.csv"), "--model",
+                                      str(tiny_bundle), "--rules", "fashion", "--output", str(tmp_path / "a.csv")])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "a.csv")
+    assert list(table.columns)[:4] == ["rank", "id", "kind", "keyword"] and len(table) == len(report.issues)
+    result = CliRunner().invoke(app, ["audit", "--data", str(EXAMPLES / "fashion_reviews.csv"), "--rules-only",
+                                      "--rules", "fashion", "--output", str(tmp_path / "a.md")])
+    assert result.exit_code == 0 and "| label | support" in (tmp_path / "a.md").read_text(encoding="utf-8")
+    result = CliRunner().invoke(app, ["audit", "--data", str(EXAMPLES / "fashion_reviews.csv"), "--rules-only",
+                                      "--output", str(tmp_path / "b.md")])
+    assert result.exit_code == 2 and "--rules-only needs --rules" in result.output
+    bad = CliRunner().invoke(app, ["audit", "--data", str(EXAMPLES / "fashion_reviews.csv"), "--rules-only",
+                                   "--rules", str(tmp_path / "none.yaml"), "--output", str(tmp_path / "c.md")])
+    assert bad.exit_code == 2 and "cannot read the rules file" in bad.output
+
+
+def test_report_markdown_lists_rule_notes():
+    report = AuditReport(_rules_dataset(), [], method="", rules="fashion", notes=["rule x skipped"])
+    assert "- rule x skipped" in report.to_markdown()
