@@ -35,7 +35,7 @@ chromium:
 	   apt-get install -y -q chromium >/dev/null 2>&1)) || echo "note: chromium not installed; the browser test will be skipped")
 
 test: install fonts chromium
-	$(PY) -m pytest -q
+	$(PY) scripts/run_tests.py
 
 demo: install
 	$(VENV)/bin/reviewlens demo

@@ -46,7 +46,7 @@ def simulate(pool, dev, spec: str, budgets: list[int], initial: int, seed: int, 
     for budget in budgets:
         if budget > len(labeled):  # a round: the current model picks the next reviews, then retrains
             context = SelectionContext.from_dataset(pool, model, text_cache=text_cache)
-            strategy = make_strategy(spec, seed=seed + budget)
+            strategy = make_strategy(spec, seed=seed)  # random: one permutation of the pool per run
             chosen = select(context, strategy, budget - len(labeled), exclude_ids=[pool.ids[i] for i in labeled],
                             seed=seed + budget)
             labeled += chosen.indices

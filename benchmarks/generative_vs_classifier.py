@@ -44,9 +44,11 @@ def subsample(dataset, size: int, seed: int):
 
 
 def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
+    """``fn``'s result, wall seconds and CPU seconds of this process (all threads): on a shared machine the CPU
+    seconds move far less with the load of other processes than the wall seconds do."""
+    wall, cpu = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def run_generative(train, dev, args, workdir: Path) -> dict:
@@ -59,15 +61,15 @@ def run_generative(train, dev, args, workdir: Path) -> dict:
                               max_length=args.max_length, seed=args.seed, logging_steps=5)
     out = Path(args.generative_bundle) if args.generative_bundle else workdir / "generative"
     if args.generative_bundle and (out / "reviewlens.json").is_file():
-        train_seconds = None
+        train_seconds = train_cpu = None
         logging.info("reusing the generative bundle %s", out)
     else:
-        _, train_seconds = timed(train_generative, train, out, config)
-    analyzer, load_seconds = timed(ReviewAnalyzer.from_pretrained, out)  # dispatches to GenerativeAnalyzer
-    result, seconds = timed(analyzer.evaluate, dev)
+        _, train_seconds, train_cpu = timed(train_generative, train, out, config)
+    analyzer, load_seconds, _ = timed(ReviewAnalyzer.from_pretrained, out)  # dispatches to GenerativeAnalyzer
+    result, seconds, cpu = timed(analyzer.evaluate, dev)
     gen = result.extra["generation"]["summary"]
     return {"system": f"{args.base} + {args.peft}", "result": result, "train_seconds": train_seconds,
-            "load_seconds": load_seconds, "predict_seconds": seconds, "parse_failure_rate": gen["parse_failure_rate"],
+            "train_cpu": train_cpu, "load_seconds": load_seconds, "predict_seconds": seconds, "predict_cpu": cpu, "parse_failure_rate": gen["parse_failure_rate"],
             "problems": gen["problems_by_kind"], "sentiment_pairs": f"{gen['sentiment_pairs']}/{gen['gold_pairs']}",
             "max_new_tokens": analyzer.max_new_tokens, "examples": result.extra["generation"]["examples"][:5],
             "epochs": args.epochs}
@@ -78,7 +80,7 @@ def run_classifier(train, dev, args, workdir: Path) -> dict:
     from reviewlens.evaluation import evaluate_bundle
     from reviewlens.training import TrainConfig, train as train_bundle
 
-    train_seconds = None
+    train_seconds = train_cpu = None
     if args.classifier_bundle:
         out = Path(args.classifier_bundle)
         name = f"bundle {out.name}"
@@ -87,33 +89,34 @@ def run_classifier(train, dev, args, workdir: Path) -> dict:
                                        keyword_epochs=args.classifier_epochs, sentiment_epochs=args.classifier_epochs,
                                        seed=args.seed, early_stopping_patience=0)
         out = workdir / "classifier"
-        _, train_seconds = timed(train_bundle, train, out, config)
+        _, train_seconds, train_cpu = timed(train_bundle, train, out, config)
         name = f"{args.classifier_base} + LoRA classifiers"
-    analyzer, load_seconds = timed(ReviewAnalyzer.from_pretrained, out)
+    analyzer, load_seconds, _ = timed(ReviewAnalyzer.from_pretrained, out)
     dev.schema = analyzer.schema
-    result, seconds = timed(evaluate_bundle, None, dev, analyzer=analyzer)
+    result, seconds, cpu = timed(evaluate_bundle, None, dev, analyzer=analyzer)
     gold_pairs = sum(len(r.labels or {}) for r in dev.reviews)
-    return {"system": name, "result": result, "train_seconds": train_seconds, "load_seconds": load_seconds,
-            "predict_seconds": seconds, "parse_failure_rate": None, "problems": {},
+    return {"system": name, "result": result, "train_seconds": train_seconds, "train_cpu": train_cpu,
+            "load_seconds": load_seconds, "predict_seconds": seconds, "predict_cpu": cpu, "parse_failure_rate": None, "problems": {},
             "sentiment_pairs": f"{gold_pairs}/{gold_pairs}", "epochs": args.classifier_epochs}
 
 
 def table(rows: list[dict], n_train: int, n_dev: int) -> str:
     head = ("| system | pipeline P | pipeline R | pipeline F1 | keyword F1 | sentiment acc | parse failures | "
-            "sentiment pairs | train s | train s/review/epoch | predict s | reviews/s |")
-    lines = [head, "| " + " | ".join(["---"] * 12) + " |"]
+            "sentiment pairs | train s (CPU s) | train CPU s/review/epoch | predict s (CPU s) | reviews/s | "
+            "predict CPU s/review |")
+    lines = [head, "| " + " | ".join(["---"] * 13) + " |"]
     for row in rows:
         r = row["result"]
         parse = "-" if row["parse_failure_rate"] is None else f"{row['parse_failure_rate']:.3f}"
         train = per_review = "-"
         if row["train_seconds"] is not None:
-            train = f"{row['train_seconds']:.0f}"
-            per_review = f"{row['train_seconds'] / (n_train * row['epochs']):.2f}"
+            train = f"{row['train_seconds']:.0f} ({row['train_cpu']:.0f})"
+            per_review = f"{row['train_cpu'] / (n_train * row['epochs']):.2f}"
         lines.append(
             f"| {row['system']} | {r.pipeline['precision']:.3f} | {r.pipeline['recall']:.3f} | {r.pipeline['f1']:.3f} "
             f"| {r.pipeline['category']['f1']:.3f} | {r.sentiment['micro']['f1']:.3f} | {parse} | "
-            f"{row['sentiment_pairs']} | {train} | {per_review} | {row['predict_seconds']:.1f} | "
-            f"{n_dev / row['predict_seconds']:.2f} |")
+            f"{row['sentiment_pairs']} | {train} | {per_review} | {row['predict_seconds']:.1f} "
+            f"({row['predict_cpu']:.1f}) | {n_dev / row['predict_seconds']:.2f} | {row['predict_cpu'] / n_dev:.3f} |")
     return "\n".join(lines)
 
 
@@ -187,12 +190,13 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.classifier_bundle or args.classifier_base}, {args.classifier_epochs:g} epoch(s) per model.\n")
     print(table(rows, len(train), len(dev)))
     print("\nSentiment acc: micro accuracy of the level on gold (review, keyword) pairs; the generative model is "
-          "scored on the pairs it also produced (\"sentiment pairs\"), the classifier on all. Train s/review/epoch: "
-          "training seconds per training review and epoch (the classifier's: both of its models).")
+          "scored on the pairs it also produced (\"sentiment pairs\"), the classifier on all. Train CPU s/review/epoch: "
+          "CPU seconds per training review and epoch (the classifier's: both of its models).")
     print("\n| phase | train s | load s | predict s |\n| --- | --- | --- | --- |")
     for name, row in phases:
         train_s = "-" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}"
         print(f"| {name} | {train_s} | {row['load_seconds']:.1f} | {row['predict_seconds']:.1f} |")
+    print("\nWall seconds depend on what else runs on the machine; CPU seconds (this process, all threads) much less.")
     print(f"\nTotal wall time {total / 60:.1f} min. Generative parse problems by kind: "
           f"{json.dumps(generative['problems'], ensure_ascii=False)}")
     for example in generative["examples"]:

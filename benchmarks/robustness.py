@@ -5,7 +5,7 @@
     python benchmarks/robustness.py --no-model            # readers and training checks only
 
 Each case is the shipped example file (examples/fashion_reviews.csv) with one kind of damage, or a small file
-of its own. Columns: what the default (strict) read did, what a ``--skip-bad-rows`` read did, the rows it kept
+of its own. Columns: how the file is read, what the default (strict) read did, what a ``--skip-bad-rows`` read did, the rows it kept
 and the rows it set aside in the rejects file. Training files are read as ``reviewlens train`` reads them
 (labels required), analysis files as ``reviewlens analyze`` reads them (labels ignored). With a model, the
 cases that load are also analysed and the model-level cases (a bundle of another schema) run.
@@ -35,7 +35,8 @@ class Case:
     name: str
     file: str  # file name, its extension decides the format
     content: bytes | Callable[[Path], None]
-    mode: str = "train"  # "train": read_reviews(require_labels=True); "analyze": read_texts
+    mode: str = "train"  # train: read_reviews(require_labels=True); validation: the same with the example file's
+    #                      schema (as `train --validation-data` and `evaluate` read); analyze: read_texts
 
 
 def example_rows() -> tuple[list[str], list[list[str]]]:
@@ -88,7 +89,8 @@ def cases() -> list[Case]:
         Case("missing labels column (training)", "nolabels.csv", no_labels),
         Case("empty file", "empty.csv", b""),
         Case("header only", "header.csv", (",".join(header) + "\n").encode()),
-        Case("unknown keyword in labels", "unknown.csv", to_csv(header, damaged(4, "labels", "배숑 -1"))),
+        Case("unknown keyword in labels", "unknown.csv", to_csv(header, damaged(4, "labels", "배숑 -1")),
+             "validation"),
         Case("unknown level in labels", "level.csv", to_csv(header, damaged(6, "labels", "디자인 7"))),
         Case("label without a level", "nolevel.csv", to_csv(header, damaged(8, "labels", "디자인 좋음"))),
         Case("duplicated id, different labels", "dup.csv", to_csv(header, dup)),
@@ -122,7 +124,8 @@ def read(case: Case, path: Path, skip: bool, rejects: Path):
     if case.mode == "analyze":
         ids, texts = read_texts(path, skip_bad_rows=skip, rejects_path=rejects)
         return texts
-    return read_reviews(path, require_labels=True, skip_bad_rows=skip, rejects_path=rejects).texts
+    schema = read_reviews(EXAMPLES).schema if case.mode == "validation" else None
+    return read_reviews(path, schema, require_labels=True, skip_bad_rows=skip, rejects_path=rejects).texts
 
 
 def run_case(case: Case, workdir: Path, analyzer) -> tuple[str, str, str, str, str]:

@@ -1,16 +1,17 @@
 """Throughput and memory of `reviewlens analyze`: the local path against the Ray engine with 1 and 2 workers.
 
     python benchmarks/scale.py                          # 20,000 reviews (real NIKL texts, repeated), models/default
-    python benchmarks/scale.py --quick                  # 1,000 reviews
+    python benchmarks/scale.py --quick                  # 2,000 reviews
     python benchmarks/scale.py --model path/to/bundle --reviews 5000 --no-highlights
 
 The reviews are written as ``--shards`` CSV files (the Ray engine's unit of work and of resumption) and once
 as a single CSV for the local path. Each configuration is one ``reviewlens analyze`` process, started fresh,
 so its time is end to end (imports, model loading, Ray start-up, reading, analysis, writing) and its memory
 is its own: the peak of the summed RSS of the process and every process under it (Ray's raylet, GCS and
-workers included), sampled every 0.2 s. Every configuration uses one torch thread per worker. Reviews per
-second are also shown as a ratio to the local path measured in the same run. On a machine shared with other
-work the absolute numbers move; compare the ratios of one run.
+workers included), sampled every 0.2 s. The CPU seconds are those of the same process tree (each process's
+last sample), so reviews per CPU-second show the engines' cost even on a machine shared with other work,
+where wall-clock rates depend on the share of the CPUs each run got. Every configuration uses one torch thread
+per worker. Rates are also shown as a ratio to the local path measured in the same run.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def write_inputs(workdir: Path, n: int, shards: int) -> tuple[Path, Path]:
     return single, shard_dir
 
 
-def tree_rss(pid: int) -> int:
-    """Summed RSS in bytes of ``pid`` and all its descendants."""
+def sample_tree(pid: int, cpu: dict[int, float]) -> int:
+    """Summed RSS in bytes of ``pid`` and its descendants; records each one's CPU seconds in ``cpu``."""
     import psutil
 
     try:
@@ -75,26 +76,30 @@ def tree_rss(pid: int) -> int:
     total = 0
     for proc in procs:
         try:
-            total += proc.memory_info().rss
+            with proc.oneshot():
+                total += proc.memory_info().rss
+                times = proc.cpu_times()
+                cpu[proc.pid] = max(cpu.get(proc.pid, 0.0), times.user + times.system)
         except psutil.Error:
             pass
     return total
 
 
-def run(cmd: list[str], env: dict) -> tuple[float, int, int, str]:
-    """(wall seconds, exit code, peak tree RSS in bytes, stderr tail) of one command."""
+def run(cmd: list[str], env: dict) -> tuple[float, int, int, float, str]:
+    """(wall seconds, exit code, peak tree RSS in bytes, tree CPU seconds, stderr tail) of one command."""
     peak = 0
+    cpu: dict[int, float] = {}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err: list[bytes] = []
     reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
     reader.start()
     while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
+        peak = max(peak, sample_tree(proc.pid, cpu))
         time.sleep(0.2)
     wall = time.perf_counter() - start
     reader.join(timeout=10)
-    return wall, proc.returncode, peak, b"".join(err).decode("utf-8", "replace")[-1500:]
+    return wall, proc.returncode, peak, sum(cpu.values()), b"".join(err).decode("utf-8", "replace")[-1500:]
 
 
 def count_rows(path: Path) -> int:
@@ -112,7 +117,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL if (DEFAULT_MODEL / "reviewlens.json").exists()
                         else None, help="bundle directory (default: models/default)")
     parser.add_argument("--reviews", type=int, default=20_000)
-    parser.add_argument("--quick", action="store_true", help="1,000 reviews")
+    parser.add_argument("--quick", action="store_true", help="2,000 reviews")
     parser.add_argument("--shards", type=int, default=4, help="input files for the Ray engine")
     parser.add_argument("--highlights", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -122,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.model is None:
         parser.error("no --model given and models/default is missing")
-    n = 1_000 if args.quick else args.reviews
+    n = 2_000 if args.quick else args.reviews
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="reviewlens-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -148,23 +153,30 @@ def main() -> None:
                          "--output", str(out), *common]
         else:
             parser.error(f"unknown config {config!r}")
-        wall, code, peak, err = run(cmd, env)
+        wall, code, peak, cpu, err = run(cmd, env)
         if code != 0:
             print(f"{config} failed with exit code {code}:\n{err}", file=sys.stderr)
-            rows.append((config, workers, 0, wall, 0.0, peak))
+            rows.append((config, workers, 0, wall, cpu, peak))
             continue
         written = count_rows(out)
-        rows.append((config, workers, written, wall, written / wall, peak))
-        print(f"  {config}: {written:,} rows in {wall:.1f} s", flush=True)
+        rows.append((config, workers, written, wall, cpu, peak))
+        print(f"  {config}: {written:,} rows in {wall:.1f} s, {cpu:.1f} CPU s", flush=True)
 
-    local_rate = next((r[4] for r in rows if r[0] == "local" and r[4]), None)
+    local = next((r for r in rows if r[0] == "local" and r[2]), None)
+
+    def ratio(value: float, base: float | None) -> str:
+        return f"{value / base:.2f}x" if base and value else "-"
+
     print()
-    print("| engine | workers | reviews written | wall s (end to end) | reviews/s | vs local | peak RSS MB (all processes) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for config, workers, written, wall, rate, peak in rows:
-        ratio = f"{rate / local_rate:.2f}x" if local_rate and rate else "-"
+    print("| engine | workers | reviews written | wall s (end to end) | reviews/s | vs local | CPU s (all processes) "
+          "| reviews per CPU s | vs local | peak RSS MB (all processes) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for config, workers, written, wall, cpu, peak in rows:
+        rate, efficiency = written / wall, (written / cpu if cpu else 0.0)
         name = "local (one process)" if config == "local" else f"ray ({args.shards} input files)"
-        print(f"| {name} | {workers} | {written:,} | {wall:.1f} | {rate:.1f} | {ratio} | {peak / 2**20:,.0f} |")
+        print(f"| {name} | {workers} | {written:,} | {wall:.1f} | {rate:.1f} | "
+              f"{ratio(rate, local and local[2] / local[3])} | {cpu:.1f} | {efficiency:.1f} | "
+              f"{ratio(efficiency, local and local[2] / local[4])} | {peak / 2**20:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -289,7 +289,7 @@ def test_reviewlens_serve_command_serves_the_bundle(tiny_bundle, tmp_path):
                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # generous: a loaded, shared machine is slow to import torch
         while True:
             assert process.poll() is None, (tmp_path / "serve.log").read_text(errors="replace")
             try:
@@ -297,7 +297,7 @@ def test_reviewlens_serve_command_serves_the_bundle(tiny_bundle, tmp_path):
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "reviewlens serve was not ready in 90 s"
+            assert time.monotonic() < deadline, "reviewlens serve was not ready in 300 s"
             time.sleep(0.25)
         answer = httpx.post(f"{base}/v1/analyze", json={"reviews": REVIEWS[:2]}, timeout=30)
         assert answer.status_code == 200

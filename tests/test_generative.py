@@ -270,8 +270,11 @@ def test_cli_analyze_and_evaluate_a_generative_bundle(memorized, tmp_path):
     report = json.loads(result.stdout)
     assert report["pipeline"]["f1"] == pytest.approx(1.0)
     assert report["generation"]["summary"]["reviews"] == 4
-    result = runner.invoke(app, ["evaluate", "--model", str(path), "--data", str(labeled)])
+    result = runner.invoke(app, ["evaluate", "--model", str(path), "--data", str(labeled), "--output",
+                                 str(tmp_path / "report")])
     assert result.exit_code == 0 and "Parse-failure rate 0.000" in result.stdout
+    assert "Parse-failure rate" in (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "generation" in json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("method", ["ia3", "prefix", "prompt"])
@@ -362,3 +365,66 @@ def test_evaluate_when_no_gold_keyword_was_generated(tiny_tokenizer, monkeypatch
     summary = result.extra["generation"]["summary"]
     assert summary["parse_failure_rate"] == 1.0 and summary["problems_by_kind"]["truncated"] == 2
     assert result.summary()["pipeline_f1"] == 0.0
+
+
+def write_tiny_llama_gguf(path: Path, tokenizer_dir: Path) -> None:
+    """A 1-layer Llama GGUF with a byte-level BPE vocabulary; its matrices stored as Q8_0 blocks."""
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")
+    model = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    hidden, ffn, heads, kv_heads, vocab = 64, 128, 2, 1, len(tokens)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in ("<pad>", "<s>", "</s>") else 1 for t in tokens])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(0)
+    rng = np.random.default_rng(0)
+    head_dim = hidden // heads
+    shapes = {"token_embd.weight": (vocab, hidden), "output.weight": (vocab, hidden),
+              "blk.0.attn_q.weight": (hidden, hidden), "blk.0.attn_k.weight": (kv_heads * head_dim, hidden),
+              "blk.0.attn_v.weight": (kv_heads * head_dim, hidden), "blk.0.attn_output.weight": (hidden, hidden),
+              "blk.0.ffn_gate.weight": (ffn, hidden), "blk.0.ffn_up.weight": (ffn, hidden),
+              "blk.0.ffn_down.weight": (hidden, ffn)}
+    for name, shape in shapes.items():
+        data = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        q8_0 = gguf.GGMLQuantizationType.Q8_0
+        writer.add_tensor(name, gguf.quantize(data, q8_0), raw_dtype=q8_0)
+    for name in ("blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"):
+        writer.add_tensor(name, np.ones(hidden, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_a_gguf_file_becomes_a_cached_trainable_base(tiny_causal_base, tmp_path):
+    from reviewlens import ggufbase
+
+    source = tmp_path / "tiny-llama-q8_0.gguf"
+    write_tiny_llama_gguf(source, tiny_causal_base)
+    assert ggufbase.is_gguf_base(str(source))
+    folder = ggufbase.prepare_gguf_base(str(source), cache_dir=tmp_path / "cache")
+    marker = json.loads((folder / ggufbase.MARKER_NAME).read_text(encoding="utf-8"))
+    assert marker["gguf_sha256"] == ggufbase._sha256(source) and folder.parent == tmp_path / "cache"
+    assert ggufbase.prepare_gguf_base(str(source), cache_dir=tmp_path / "cache") == folder  # built once
+    model, tokenizer = ggufbase.load_causal_lm(str(folder))
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 1
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # dequantised: trainable and savable
+    text = "옷은 예쁘지만 배송은 늦어요"
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    q8 = model.get_output_embeddings().weight.detach()
+    assert q8.abs().max() > 0 and q8.std() == pytest.approx(0.05, rel=0.1)

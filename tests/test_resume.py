@@ -87,8 +87,9 @@ def test_resume_after_kill_reaches_the_uninterrupted_metrics(tmp_path, tiny_base
     data, config = _training_files(tmp_path, tiny_base)
     full, killed = tmp_path / "full", tmp_path / "killed"
     # the uninterrupted run trains beside the killed one (one thread each)
-    reference = subprocess.Popen(_train_cmd(data, config, full), env=ENV, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE)
+    reference_log = open(tmp_path / "reference.log", "wb")  # a file, not a pipe: progress bars would fill a pipe
+    reference = subprocess.Popen(_train_cmd(data, config, full), env=ENV, stdout=reference_log,
+                                 stderr=subprocess.STDOUT)
     checkpoints = tmp_path / "killed.checkpoints"
     epoch = _kill_mid_epoch(_train_cmd(data, config, killed), checkpoints / "sentiment")
     assert not epoch.is_integer()
@@ -99,8 +100,9 @@ def test_resume_after_kill_reaches_the_uninterrupted_metrics(tmp_path, tiny_base
                              text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr and "finished in the interrupted run" in resumed.stderr
-    _, error = reference.communicate(timeout=240)
-    assert reference.returncode == 0, error[-2000:]
+    reference.wait(timeout=240)
+    reference_log.close()
+    assert reference.returncode == 0, (tmp_path / "reference.log").read_text(errors="replace")[-2000:]
 
     a, b = ModelBundle.load(full), ModelBundle.load(killed)
     assert a.schema == b.schema

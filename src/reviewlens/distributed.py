@@ -314,8 +314,8 @@ def analyze_with_ray(model: str | os.PathLike | None, inputs: str | os.PathLike 
                      log_to_driver=False)
         except Exception as exc:  # ray raises ConnectionError, TimeoutError, plain Exception ...
             where = address or os.environ.get("RAY_ADDRESS") or "a local Ray instance"
-            raise ReviewlensError(f"cannot start or join {where}: {exc}. Check `ray status`, or unset RAY_ADDRESS "
-                                  "to run on this machine alone") from exc
+            raise ReviewlensError(f"cannot start or join {where}: {str(exc).rstrip('.')}. Check `ray status`, or "
+                                  "unset RAY_ADDRESS to run on this machine alone") from exc
         started_ray = True
     start = time.perf_counter()
     try:

@@ -294,7 +294,7 @@ def train_generative(dataset: ReviewDataset, output_dir: str | Path, config: Gen
                          kind="generative", metrics=metrics, data_hash=dataset.fingerprint(), config=settings)
     if validation is not None and len(validation):
         validation.schema = dataset.schema
-        analyzer = GenerativeAnalyzer(bundle, model, tokenizer)
+        analyzer = GenerativeAnalyzer(bundle, model, tokenizer, device=str(next(model.parameters()).device))
         result = analyzer.evaluate(validation)
         bundle.metrics["validation"] = {**result.summary(), **result.extra["generation"]["summary"]}
     bundle.save(output_dir, {GENERATOR_DIR: lambda d: save_generator(model, tokenizer, config, d)})
@@ -306,7 +306,8 @@ def save_generator(model, tokenizer, config: GenerativeConfig, directory: str | 
     directory = Path(directory)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    record = {"base": config.base, "peft": config.peft}
+    base = str(Path(config.base).resolve()) if Path(config.base).exists() else config.base  # local paths absolute
+    record = {"base": base, "peft": config.peft}
     (directory / BASE_RECORD).write_text(json.dumps(record, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
@@ -444,6 +445,8 @@ class GenerativeAnalyzer:
                  batch_size: int | None = None, max_new_tokens: int | None = None) -> None:
         self.bundle = bundle
         self.schema = bundle.schema
+        self.keywords = list(bundle.schema.keywords)  # the attributes ReviewAnalyzer has too
+        self.levels = list(bundle.schema.levels)
         self.model = model
         self.tokenizer = tokenizer
         self.device = device

@@ -422,9 +422,15 @@ class Outliers(QueryStrategy):
         self.seed = seed
 
     def score(self, context: SelectionContext) -> np.ndarray:
+        x = np.ascontiguousarray(context.embeddings)
+        # the same embeddings cluster the same way: a model whose embeddings do not change between rounds
+        # (the TF-IDF baseline) clusters once per pool
+        key = f"outliers:{self.n_clusters}:{self.min_cluster_size}:{self.seed}:" + hashlib.sha256(x.tobytes()).hexdigest()
+        return context.cached_text(key, lambda: self._distances(x))
+
+    def _distances(self, x: np.ndarray) -> np.ndarray:
         from sklearn.cluster import KMeans
 
-        x = context.embeddings
         n = len(x)
         if n < 3:
             return np.zeros(n)

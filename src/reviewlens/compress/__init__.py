@@ -77,6 +77,8 @@ class CompressConfig:
         if self.onnx:
             parts.append("onnx")
         parts.append("int8" if self.int8 else "fp32")
+        if self.int8 and self.quantize_embeddings:
+            parts.append("emb")
         return "-".join(parts)
 
 
