@@ -60,15 +60,21 @@ class Meter:
         self.reset()
 
     def reset(self) -> None:
-        self.flops, self.model_seconds, self.calls, self.rows = 0.0, 0.0, 0, 0
+        self.flops, self.model_seconds, self.model_cpu_seconds, self.calls, self.rows = 0.0, 0.0, 0.0, 0, 0
+
+    def timed(self, run):
+        """Run ``run()`` and add its wall and CPU time to the model time."""
+        start, cpu = time.perf_counter(), time.process_time()
+        out = run()
+        self.model_seconds += time.perf_counter() - start
+        self.model_cpu_seconds += time.process_time() - cpu
+        return out
 
     def wrap(self, scorer) -> None:
         inner = scorer._logits
 
         def timed(which, batch):
-            start = time.perf_counter()
-            out = inner(which, batch)
-            self.model_seconds += time.perf_counter() - start
+            out = self.timed(lambda: inner(which, batch))
             b, w = batch["input_ids"].shape
             self.flops += encoder_flops(self.shapes[which], b, w)
             self.calls += 1
@@ -115,10 +121,8 @@ class NaiveReference:
 
         enc = self.tokenizers[which](text, truncation=True, max_length=self.max_lengths[which], return_tensors="pt")
         enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        start = time.perf_counter()
         with torch.inference_mode():
-            logits = self.models[which](**enc).logits[0].numpy()
-        self.meter.model_seconds += time.perf_counter() - start
+            logits = self.meter.timed(lambda: self.models[which](**enc).logits[0].numpy())
         self.meter.flops += encoder_flops(self.shapes[which], 1, enc["input_ids"].shape[1])
         self.meter.calls += 1
         self.meter.rows += 1
@@ -206,11 +210,12 @@ def worker(args) -> dict:
     result = {"load_s": load_s, "reviews": len(texts)}
     for mode, highlights in (("plain", False), ("highlights", True)):
         meter.reset()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         predictions = analyze(texts, highlights=highlights)
-        seconds = time.perf_counter() - start
-        result[mode] = {"seconds": seconds, "reviews_per_s": len(texts) / seconds, "model_seconds": meter.model_seconds,
-                        "gflop": meter.flops / 1e9, "model_calls": meter.calls, "model_rows": meter.rows}
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+        result[mode] = {"seconds": seconds, "cpu_seconds": cpu_seconds, "model_seconds": meter.model_seconds,
+                        "model_cpu_seconds": meter.model_cpu_seconds, "gflop": meter.flops / 1e9,
+                        "model_calls": meter.calls, "model_rows": meter.rows}
         if highlights:
             result["top_words"] = _top_words(predictions)
     result["peak_rss_mb"] = peak_rss_mb()
@@ -239,13 +244,15 @@ def roofline(args) -> dict:
     a, b = torch.randn(m, k), torch.randn(k, n)
     for _ in range(3):
         a @ b
-    best = 0.0
+    best = {"wall": 0.0, "cpu": 0.0}
     for _ in range(5):
-        reps, start = 0, time.perf_counter()
+        reps, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < 0.5:
             a @ b
             reps += 1
-        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9)
+        flop = 2 * m * k * n * reps / 1e9
+        best["wall"] = max(best["wall"], flop / (time.perf_counter() - start))
+        best["cpu"] = max(best["cpu"], flop / max(time.process_time() - cpu, 1e-9))
     return {"gflops": best, "shape": [m, k, n]}
 
 
@@ -265,9 +272,10 @@ def attribution_compare(args) -> dict:
     speed = {}
     for method in ("occlusion", "gradient"):
         subset = texts[: args.speed_reviews]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         analyzer.analyze(subset, highlights=True, attribution=method)
-        speed[method] = len(subset) / (time.perf_counter() - start)
+        speed[method] = {"wall": len(subset) / (time.perf_counter() - start),
+                         "cpu": len(subset) / max(time.process_time() - cpu, 1e-9)}
 
     # full word scores of both methods on the same (review, keyword) targets
     probs = analyzer.keyword_probabilities(texts)
@@ -409,6 +417,9 @@ def main() -> None:
     parser.add_argument("--naive-reviews", type=int, help="Reviews for the naive reference (default: --reviews).")
     parser.add_argument("--attribution-reviews", type=int, help="Agreement reviews (default 200, quick 100).")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="Time speeds by wall clock, or by process CPU time (steadier on a shared machine; "
+                             "use with --threads 1).")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--skip-distill", action="store_true")
     parser.add_argument("--student-layers", type=int, default=4)
@@ -476,45 +487,56 @@ def main() -> None:
                              speed_reviews=min(args.reviews, args.attribution_reviews))
 
     # -- tables ------------------------------------------------------------------------------------------------
+    clock = args.clock
+    seconds_key, model_key = ("seconds", "model_seconds") if clock == "wall" else ("cpu_seconds", "model_cpu_seconds")
+
+    def rate(r: dict, mode: str) -> float:
+        return r["reviews"] / r[mode][seconds_key]
+
     base, naive = results["torch-fp32"], results["naive"]
-    naive_same = args.naive_reviews == args.reviews
     agree = sum(a == b for a, b in zip(naive["top_words"], base["top_words"]))
+    unit = "rev/s" if clock == "wall" else "rev/CPU-s"
     print(f"\n## Speed, size and F1 ({args.model}, dev {args.dev.name}; {args.reviews} sampled dev reviews; "
-          f"torch and onnxruntime on {args.threads} threads, inter-op 1; batch size {args.batch_size})\n")
-    print(f"float32 matmul roofline (torch, {roof['shape']}): {roof['gflops']:.1f} GFLOP/s\n")
-    head = ("| variant | size MB | peak RSS MB | plain rev/s | x torch | x naive | highlights rev/s | x torch | x naive "
-            "| pipeline F1 | loss pts | encoder GFLOP/s | % roofline |")
+          f"torch and onnxruntime on {args.threads} thread(s), inter-op 1; batch size {args.batch_size}; "
+          f"speeds by {'wall-clock' if clock == 'wall' else 'process CPU'} time)\n")
+    print(f"float32 matmul roofline (torch, {roof['shape']}, {args.threads} thread(s)): {roof['gflops'][clock]:.1f} "
+          f"GFLOP/s ({roof['gflops']['wall']:.1f} per wall-clock second, {roof['gflops']['cpu']:.1f} per CPU second)\n")
+    head = (f"| variant | size MB | peak RSS MB | plain {unit} | x torch | x naive | highlights {unit} | x torch | "
+            f"x naive | pipeline F1 | loss pts | encoder GFLOP/s | % roofline |")
     print(head)
     print("|" + "|".join([" --- "] * (head.count("|") - 1)) + "|")
     rows = {}
     for name, r in results.items():
         size = bundle_size(paths[name])["total_bytes"] / 1e6
-        plain, hl = r["plain"], r["highlights"]
         f1 = r.get("eval", base["eval"])["pipeline_f1"]
-        model_s = hl["model_seconds"] or float("nan")
-        gflops = hl["gflop"] / model_s
-        rows[name] = {"size_mb": size, "peak_rss_mb": r["peak_rss_mb"], "plain_rps": plain["reviews_per_s"],
-                      "highlight_rps": hl["reviews_per_s"], "f1": f1,
-                      "f1_loss_points": 100 * (base["eval"]["pipeline_f1"] - f1), "encoder_gflops": gflops,
-                      "roofline_share": gflops / roof["gflops"],
-                      "plain_vs_torch": plain["reviews_per_s"] / base["plain"]["reviews_per_s"],
-                      "plain_vs_naive": plain["reviews_per_s"] / naive["plain"]["reviews_per_s"],
-                      "highlight_vs_torch": hl["reviews_per_s"] / base["highlights"]["reviews_per_s"],
-                      "highlight_vs_naive": hl["reviews_per_s"] / naive["highlights"]["reviews_per_s"]}
-        x = rows[name]
-        f1_text = f"{f1:.4f}" + (" (= torch)" if name == "naive" else "")
-        print(f"| {name} | {size:.1f} | {r['peak_rss_mb']:.0f} | {plain['reviews_per_s']:.2f} | "
-              f"{fmt_ratio(x['plain_vs_torch'])} | {fmt_ratio(x['plain_vs_naive'])} | {hl['reviews_per_s']:.2f} | "
-              f"{fmt_ratio(x['highlight_vs_torch'])} | {fmt_ratio(x['highlight_vs_naive'])} | {f1_text} | "
-              f"{x['f1_loss_points']:+.2f} | {gflops:.1f} | {100 * x['roofline_share']:.0f}% |")
+        gflops = r["highlights"]["gflop"] / max(r["highlights"][model_key], 1e-9)
+        x = rows[name] = {
+            "size_mb": size, "peak_rss_mb": r["peak_rss_mb"], "plain_rate": rate(r, "plain"),
+            "highlight_rate": rate(r, "highlights"), "f1": f1, "f1_loss_points": 100 * (base["eval"]["pipeline_f1"] - f1),
+            "encoder_gflops": gflops, "roofline_share": gflops / roof["gflops"][clock],
+            "plain_vs_torch": rate(r, "plain") / rate(base, "plain"),
+            "plain_vs_naive": rate(r, "plain") / rate(naive, "plain"),
+            "highlight_vs_torch": rate(r, "highlights") / rate(base, "highlights"),
+            "highlight_vs_naive": rate(r, "highlights") / rate(naive, "highlights"),
+            "wall": {"plain_rps": rate(r, "plain") if clock == "wall" else r["reviews"] / r["plain"]["seconds"],
+                     "highlight_rps": r["reviews"] / r["highlights"]["seconds"]}}
+        print(f"| {name} | {size:.1f} | {r['peak_rss_mb']:.0f} | {x['plain_rate']:.2f} | "
+              f"{fmt_ratio(x['plain_vs_torch'])} | {fmt_ratio(x['plain_vs_naive'])} | {x['highlight_rate']:.2f} | "
+              f"{fmt_ratio(x['highlight_vs_torch'])} | {fmt_ratio(x['highlight_vs_naive'])} | {f1:.4f}"
+              f"{' (= torch)' if name == 'naive' else ''} | {x['f1_loss_points']:+.2f} | {gflops:.1f} | "
+              f"{100 * x['roofline_share']:.0f}% |")
+    same = args.naive_reviews == args.reviews
     print(f"\nsize: bundle files plus, for an adapter-over-base bundle, the base weights it loads. The naive reference "
-          f"ran {args.naive_reviews} review(s){'' if naive_same else ' (a prefix of the speed reviews)'}; its top "
+          f"ran {args.naive_reviews} review(s){'' if same else ' (a prefix of the speed reviews)'}; its top "
           f"highlighted words equal analyze's on {agree}/{min(len(naive['top_words']), len(base['top_words']))} "
           f"reviews. GFLOP/s: encoder FLOPs of the padded batches of the highlights run over the time inside the "
           f"model; int8 variants do int8 work, so their share of the float32 roofline can exceed 100%.")
+    if clock == "cpu":
+        print("Wall-clock reviews/s of the same runs (the machine was shared, so these are noisier): " + ", ".join(
+            f"{n} {x['wall']['plain_rps']:.2f} / {x['wall']['highlight_rps']:.2f}" for n, x in rows.items()))
 
     print("\nTargets:")
-    best = max(rows, key=lambda n: rows[n]["highlight_vs_naive"] if n != "naive" else 0)
+    best = max((n for n in rows if n != "naive"), key=lambda n: rows[n]["highlight_vs_naive"])
     print(f"- analyze with highlights >= 20x naive: best {best} {fmt_ratio(rows[best]['highlight_vs_naive'])}, "
           f"torch fp32 {fmt_ratio(rows['torch-fp32']['highlight_vs_naive'])} -> "
           f"{'met' if rows[best]['highlight_vs_naive'] >= 20 else 'NOT met'}")
@@ -535,10 +557,10 @@ def main() -> None:
     a = attribution
     print(f"\n## Highlights: occlusion vs gradient x input (torch fp32; speed on {a['speed_reviews']} reviews, "
           f"agreement on {a['agreement_reviews']} dev reviews)\n")
-    print("| method | analyze with highlights rev/s | x occlusion | keyword top-1 agreement | keyword Kendall tau | "
+    print(f"| method | analyze with highlights {unit} | x occlusion | keyword top-1 agreement | keyword Kendall tau | "
           "sentiment top-1 agreement | sentiment Kendall tau |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    occ, grad = a["speed"]["occlusion"], a["speed"]["gradient"]
+    occ, grad = a["speed"]["occlusion"][clock], a["speed"]["gradient"][clock]
     print(f"| occlusion | {occ:.2f} | 1.00x | (reference) | | | |")
     print(f"| gradient x input | {grad:.2f} | {fmt_ratio(grad / occ)} | {a['keyword']['top1']:.3f} "
           f"({a['keyword']['pairs']} pairs) | {a['keyword']['kendall_tau']:.3f} | {a['sentiment']['top1']:.3f} "

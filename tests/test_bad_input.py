@@ -21,8 +21,6 @@ from reviewlens.data import read_reviews, read_texts
 from reviewlens.errors import DataError, ModelError, ReviewlensError, UnreadableFileError
 from reviewlens.schema import LabelSchema
 
-from conftest import EXAMPLES
-
 MIXED_SCRIPTS = [
     "사이즈 good, 색감 ですね 최고",                       # Hangul, Latin, Japanese
     "배송 빨라요 مرحبا שלום Привет",                        # Arabic and Hebrew (right to left), Cyrillic

@@ -197,6 +197,19 @@ def _confident_class(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return np.where(above.any(axis=1), best, -1)
 
 
+def _disagreement(probs: np.ndarray, given: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Per row, the class the model is confident of instead of the given one, or -1.
+
+    Confident learning's class (``_confident_class``) must differ from the given label *and* be more probable
+    than it: a keyword the model barely learned has a tiny mean self-confidence, and without the second
+    condition every review with a probability above that tiny threshold would be flagged as missing it.
+    """
+    confident = _confident_class(probs, thresholds)
+    rows = np.arange(len(probs))
+    beats = probs[rows, np.maximum(confident, 0)] > probs[rows, given]
+    return np.where((confident >= 0) & (confident != given) & beats, confident, -1)
+
+
 def _class_thresholds(probs: np.ndarray, given: np.ndarray, n_classes: int) -> np.ndarray:
     """Mean self-confidence of each class over the examples given it (inf for a class no example has)."""
     out = np.full(n_classes, np.inf)
@@ -225,9 +238,9 @@ def find_label_issues(dataset: ReviewDataset, predictions: Predictions) -> list[
         two = np.stack([1.0 - p[rows], p[rows]], axis=1)
         labels = given[rows, j]
         thresholds = _class_thresholds(two, labels, 2)
-        confident = _confident_class(two, thresholds)
+        confident = _disagreement(two, labels, thresholds)
         for r, label, chosen, probs in zip(rows, labels, confident, two):
-            if chosen < 0 or chosen == label:
+            if chosen < 0:
                 continue
             review = reviews[r]
             if label == 1:
@@ -246,10 +259,10 @@ def find_label_issues(dataset: ReviewDataset, predictions: Predictions) -> list[
         rows = np.flatnonzero(scored)
         if len(rows):
             thresholds = _class_thresholds(dists[rows], level_given[rows], schema.num_levels)
-            confident = _confident_class(dists[rows], thresholds)
+            confident = _disagreement(dists[rows], level_given[rows], thresholds)
             for p, chosen in zip(rows, confident):
                 label = level_given[p]
-                if chosen < 0 or chosen == label:
+                if chosen < 0:
                     continue
                 i, keyword = pairs[p]
                 issues.append(LabelIssue(int(i), reviews[i].id, "sentiment", keyword,
@@ -275,7 +288,7 @@ def _empty_label_issues(dataset: ReviewDataset, given: np.ndarray, keyword_probs
     two = np.stack([none, 1.0 - none], axis=1)  # class 0: no keyword, class 1: some keyword
     labels = (given[rows].sum(axis=1) > 0).astype(int)
     thresholds = _class_thresholds(two, labels, 2)
-    confident = _confident_class(two, thresholds)
+    confident = _disagreement(two, labels, thresholds)
     out = []
     for r, label, chosen, probs in zip(rows, labels, confident, two):
         if label == 0 and chosen == 1:

@@ -309,13 +309,7 @@ def analyze_with_ray(model: str | os.PathLike | None, inputs: str | os.PathLike 
 
     started_ray = False
     if not ray.is_initialized():
-        try:
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=False)
-        except Exception as exc:  # ray raises ConnectionError, TimeoutError, plain Exception ...
-            where = address or os.environ.get("RAY_ADDRESS") or "a local Ray instance"
-            raise ReviewlensError(f"cannot start or join {where}: {str(exc).rstrip('.')}. Check `ray status`, or "
-                                  "unset RAY_ADDRESS to run on this machine alone") from exc
+        _init_ray(ray, address)
         started_ray = True
     start = time.perf_counter()
     try:
@@ -342,6 +336,24 @@ def analyze_with_ray(model: str | os.PathLike | None, inputs: str | os.PathLike 
     for result in report.by_status("failed"):
         logger.warning("%s", result.error)
     return report
+
+
+def _init_ray(ray, address: str | None, attempts: int = 3) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``), else start a local Ray; a local start that times out (Ray waits 30 s
+    for its raylet, too little on a busy machine) is tried again."""
+    where = address or os.environ.get("RAY_ADDRESS") or "a local Ray instance"
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            return
+        except Exception as exc:  # ray raises ConnectionError, TimeoutError, plain Exception ...
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if attempt < attempts and where == "a local Ray instance" and "timed out" in str(exc):
+                logger.warning("Ray start-up timed out (attempt %d of %d); trying again", attempt, attempts)
+                continue
+            raise ReviewlensError(f"cannot start or join {where}: {str(exc).rstrip('.')}. Check `ray status`, or "
+                                  "unset RAY_ADDRESS to run on this machine alone") from exc
 
 
 def actor_cpus(cluster_cpus: float, num_workers: int, cpus_per_worker: float) -> float:
