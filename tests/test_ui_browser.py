@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from reviewlens.analyzer import KeywordResult, ReviewAnalysis
-from reviewlens.bundle import MANIFEST
+from reviewlens.bundle import MANIFEST, ModelBundle
 from reviewlens.highlight import Highlight
 from reviewlens.serve.demo import (bundle_choices, highlighted_text_html, keyword_chips_html, level_color,
                                    results_csv, word_scores)
@@ -118,14 +119,19 @@ def _wait_for_streamlit(url: str, process: subprocess.Popen, log: Path, timeout:
 
 
 def test_demo_in_chromium(tiny_bundle, tmp_path):
+    """Type a review, analyse it, see chips and highlighted words; upload a CSV and download the results."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (`make test` tries to)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install playwright "
                                    "(in the test extra)")
     pytest.importorskip("streamlit", reason="streamlit is missing: pip install 'reviewlens[serve]'")
-    import json
-
-    keywords = json.loads((tiny_bundle / MANIFEST).read_text(encoding="utf-8"))["schema"]["keywords"]
+    # thresholds at 0: every keyword is detected, whatever the few seconds of training taught the tiny model
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle_dir)
+    bundle = ModelBundle.load(bundle_dir)
+    bundle.thresholds = {k: 0.0 for k in bundle.schema.keywords}
+    bundle.write_manifest()
+    keywords = list(bundle.schema.keywords)
     upload = tmp_path / "upload.csv"
     upload.write_text("id,text\n" + "".join(f"{i},{t}\n" for i, t in UPLOAD), encoding="utf-8")
     port = _free_port()
@@ -134,7 +140,7 @@ def test_demo_in_chromium(tiny_bundle, tmp_path):
     with open(log_path, "wb") as log:
         # through the CLI, so `reviewlens demo --ui` and launch() are what is tested; its own session, so the
         # streamlit child goes down with it
-        process = subprocess.Popen([sys.executable, "-m", "reviewlens.cli", "demo", "--ui", "--model", str(tiny_bundle),
+        process = subprocess.Popen([sys.executable, "-m", "reviewlens.cli", "demo", "--ui", "--model", str(bundle_dir),
                                     "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -149,10 +155,12 @@ def test_demo_in_chromium(tiny_bundle, tmp_path):
                 review_box.fill(REVIEW)
                 page.get_by_role("button", name="Analyze / 분석").click()
 
+                page.locator(".rl-chips").first.wait_for(timeout=300_000)  # the first analysis also loads the model
                 chips = page.locator(".rl-chip")
-                chips.first.wait_for(timeout=300_000)  # the first analysis also loads the model
                 chip_texts = chips.all_inner_texts()
-                assert chip_texts and all(any(t.startswith(k) for k in keywords) for t in chip_texts), chip_texts
+                chip_keywords = chips.evaluate_all("chips => chips.map(c => c.dataset.keyword)")
+                assert sorted(chip_keywords) == sorted(keywords), chip_texts
+                assert all(t.startswith(k) for t, k in zip(chip_texts, chip_keywords)), chip_texts
                 assert all(chips.nth(i).is_visible() for i in range(chips.count()))
                 marks = page.locator("mark.rl-hl")
                 marks.first.wait_for(timeout=30_000)
