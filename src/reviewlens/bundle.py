@@ -99,6 +99,7 @@ class ModelBundle:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a bundle is meant to be read by others
         try:
             for sub, write in writers.items():
                 (tmp / sub).mkdir(parents=True, exist_ok=True)
