@@ -34,10 +34,9 @@ def _toy():
     return dataset, predictions
 
 
-@pytest.mark.xfail(reason="audit flags are being reworked (issue 3, open): the expected ranking is not final", strict=False)
 def test_confident_learning_flags_with_per_class_thresholds():
     dataset, predictions = _toy()
-    issues = find_label_issues(dataset, predictions)
+    issues = find_label_issues(dataset, predictions, min_support=1)
     found = [(i.row, i.kind, i.keyword, i.suggested) for i in issues]
     # ranked by self-confidence: r3's positive label has p=0.02; r7, labeled with no keyword, has p(none) =
     # 0.05 * 0.9; then r3's A (p=0.05) and r7's missing A (0.05). r6 (p(A) = 0.6, none = 0.4 * 0.9) is not flagged.
@@ -54,18 +53,26 @@ def test_confident_learning_flags_with_per_class_thresholds():
 
 def test_ranking_puts_flagged_reviews_first_then_the_least_confident():
     dataset, predictions = _toy()
-    order = rank_reviews(dataset, predictions)
+    order = rank_reviews(dataset, predictions, find_label_issues(dataset, predictions, min_support=1))
     # r6 (A at 0.6, not labeled) is not flagged: 0.6 is below the mean 0.6125 of the labeled A reviews,
     # but it is the least confident of the rest
     assert list(order[:3]) == [3, 7, 6]
-    assert not any(i.row == 6 for i in find_label_issues(dataset, predictions))
+    assert not any(i.row == 6 for i in find_label_issues(dataset, predictions, min_support=1))
+
+
+def test_keywords_with_too_few_labels_are_not_judged_by_the_model():
+    dataset, predictions = _toy()  # A is labeled on 4 reviews, B on 2
+    kinds = {i.kind for i in find_label_issues(dataset, predictions, min_support=3)}
+    assert kinds == {"sentiment", "no_keywords", "keyword_extra", "keyword_missing"}
+    assert {i.kind for i in find_label_issues(dataset, predictions, min_support=5)} == {"sentiment", "no_keywords"}
+    assert "fewer than 10 reviews are not judged by the model" in audit(dataset, predictions).notes[0]
 
 
 def test_unscored_keywords_and_levels_are_not_flagged():
     dataset, predictions = _toy()
     predictions.keyword_probs[:, 0] = np.nan  # a model that does not know keyword A
     predictions.sentiment_probs[:] = np.nan
-    assert find_label_issues(dataset, predictions) == []
+    assert find_label_issues(dataset, predictions, min_support=1) == []
 
 
 def _rules_dataset() -> ReviewDataset:
@@ -138,7 +145,6 @@ def test_out_of_fold_predictions_never_score_a_review_with_its_own_model(nikl_sl
     assert sorted(held_out.tolist()) == list(range(len(dataset)))
 
 
-@pytest.mark.xfail(reason="audit flags are being reworked (issue 3, open): the expected ranking is not final", strict=False)
 def test_flipped_sentiment_labels_are_found_on_real_data(nikl_slice):
     """Truth from real data: positive labels turned negative are flagged (fast TF-IDF model, 5 folds)."""
     from reviewlens.baselines import FastModelConfig, FastReviewModel

@@ -220,8 +220,23 @@ def _class_thresholds(probs: np.ndarray, given: np.ndarray, n_classes: int) -> n
     return out
 
 
-def find_label_issues(dataset: ReviewDataset, predictions: Predictions) -> list[LabelIssue]:
-    """Confident-learning flags for every keyword label (present/absent) and sentiment label, ranked."""
+MIN_SUPPORT = 10
+"""Keywords labeled on fewer reviews are not judged by the model: trained on the other folds' handful of
+examples, it cannot know them, and their every label would top the list."""
+
+
+def too_rare(dataset: ReviewDataset, min_support: int = MIN_SUPPORT) -> list[str]:
+    """Keywords labeled on fewer than ``min_support`` reviews (their keyword labels get no model flags)."""
+    counts = Counter(k for r in dataset.reviews for k in (r.labels or {}))
+    return [k for k in dataset.schema.keywords if counts[k] < min_support]
+
+
+def find_label_issues(dataset: ReviewDataset, predictions: Predictions,
+                      min_support: int = MIN_SUPPORT) -> list[LabelIssue]:
+    """Confident-learning flags for every keyword label (present/absent) and sentiment label, ranked.
+
+    Keywords labeled on fewer than ``min_support`` reviews are left out of the keyword flags (``too_rare``).
+    """
     schema = dataset.schema
     reviews = dataset.reviews
     issues: list[LabelIssue] = []
@@ -229,10 +244,11 @@ def find_label_issues(dataset: ReviewDataset, predictions: Predictions) -> list[
     for i, review in enumerate(reviews):
         for keyword in review.labels or {}:
             given[i, schema.keyword_index(keyword)] = 1
+    rare = set(too_rare(dataset, min_support))
     for j, keyword in enumerate(schema.keywords):
         p = predictions.keyword_probs[:, j]
         scored = ~np.isnan(p)
-        if not scored.any():
+        if not scored.any() or keyword in rare:
             continue
         rows = np.flatnonzero(scored)
         two = np.stack([1.0 - p[rows], p[rows]], axis=1)
@@ -584,8 +600,13 @@ def audit(dataset: ReviewDataset, predictions: Predictions | None = None, rules:
     notes: list[str] = []
     if predictions is not None:
         issues += find_label_issues(dataset, predictions)
+        rare = too_rare(dataset)
+        if rare:
+            notes.append(f"keywords labeled on fewer than {MIN_SUPPORT} reviews are not judged by the model (too "
+                         f"few examples to learn them): {', '.join(rare)}")
     if rules is not None:
-        found, notes = check_rules(dataset, rules)
+        found, rule_notes = check_rules(dataset, rules)
         issues += found
+        notes += rule_notes
     return AuditReport(dataset, issues, predictions.method if predictions is not None else "",
                        f"{rules.name} ({rules.source}, {len(rules.rules)} rules)" if rules is not None else "", notes)

@@ -425,7 +425,8 @@ class Outliers(QueryStrategy):
         x = np.ascontiguousarray(context.embeddings)
         # the same embeddings cluster the same way: a model whose embeddings do not change between rounds
         # (the TF-IDF baseline) clusters once per pool
-        key = f"outliers:{self.n_clusters}:{self.min_cluster_size}:{self.seed}:" + hashlib.sha256(x.tobytes()).hexdigest()
+        digest = hashlib.sha256(x.tobytes()).hexdigest()
+        key = f"outliers:{self.n_clusters}:{self.min_cluster_size}:{self.seed}:{digest}"
         return context.cached_text(key, lambda: self._distances(x))
 
     def _distances(self, x: np.ndarray) -> np.ndarray:

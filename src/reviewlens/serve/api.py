@@ -582,8 +582,10 @@ def run_server(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000
     ModelBundle.load(path)  # a wrong --model fails here, with the fix, rather than in every worker
     config.model = str(path)
     os.environ[CONFIG_ENV] = config.to_env()
+    # keep-alive longer than uvicorn's 5 s default: a pooled client connection that sat idle a few seconds would
+    # otherwise be closed under it, and its next POST fail (POSTs are not retried)
     uvicorn.run("reviewlens.serve.api:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level)
+                log_level=log_level, timeout_keep_alive=30)
 
 
 def _version() -> str:
