@@ -477,6 +477,8 @@ def compress(
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="int8 scales per output channel."),
     quantize_embeddings: bool = typer.Option(False, "--quantize-embeddings", help="Quantize the word-embedding "
                                              "table too (smaller, slightly less accurate)."),
+    keep_ffn_output: bool = typer.Option(False, "--keep-ffn-output", help="Leave the feed-forward output "
+                                         "projections in float32 under --int8 (more accurate, slower)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
     seed: int = SeedOpt,
 ) -> None:
@@ -485,7 +487,7 @@ def compress(
 
     try:
         config = CompressConfig(onnx=onnx, int8=int8, per_channel=per_channel, quantize_embeddings=quantize_embeddings,
-                                distill=distill, student_layers=student_layers, trim_vocab=trim_vocab, prune=prune,
+                                keep_ffn_output=keep_ffn_output, distill=distill, student_layers=student_layers, trim_vocab=trim_vocab, prune=prune,
                                 epochs=epochs, max_steps=max_steps, recovery_steps=recovery_steps, seed=seed)
         bundle = run_compress(model, output, config, train_data=train_data, unlabeled=unlabeled,
                               eval_data=eval_data, threads=threads)

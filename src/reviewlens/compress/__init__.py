@@ -38,6 +38,7 @@ class CompressConfig:
     int8: bool = False
     per_channel: bool = True
     quantize_embeddings: bool = False
+    keep_ffn_output: bool = False
     distill: bool = False
     student_layers: int = 4
     trim_vocab: bool = False
@@ -79,6 +80,8 @@ class CompressConfig:
         parts.append("int8" if self.int8 else "fp32")
         if self.int8 and self.quantize_embeddings:
             parts.append("emb")
+        if self.int8 and self.keep_ffn_output:
+            parts.append("ffn32")
         return "-".join(parts)
 
 
@@ -231,7 +234,7 @@ def compress(model: str | Path | None, output: str | Path, config: CompressConfi
                 export_classifier(model_, tokenizer, directory, extra_info={"steps": steps[which]})
                 if config.int8:
                     quantize_directory(directory, per_channel=config.per_channel,
-                                       embeddings=config.quantize_embeddings)
+                                       embeddings=config.quantize_embeddings, keep_ffn_output=config.keep_ffn_output)
             else:
                 save_classifier(model_, tokenizer, directory)
         return write

@@ -25,8 +25,24 @@ MATMUL_OPS = ("MatMul", "Attention")
 EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
 
 
-def quantize_directory(directory: str | Path, *, per_channel: bool = True, embeddings: bool = False) -> dict:
-    """Quantize ``directory/model.onnx`` in place (atomically); returns the updated onnx.json dict."""
+def ffn_output_matmuls(model) -> list[str]:
+    """Names of the MatMuls fed by a GELU: the feed-forward output projections.
+
+    GELU outputs have a long positive tail, so their per-tensor uint8 quantization is coarse; on e5 these
+    12 matrix multiplies cause about half of the int8 error (``benchmarks/speed.py`` variant onnx-int8-ffn32).
+    """
+    producer = {output: node for node in model.graph.node for output in node.output}
+    gelus = {"Gelu", "BiasGelu", "FastGelu"}
+    return [node.name for node in model.graph.node if node.op_type == "MatMul" and node.input
+            and getattr(producer.get(node.input[0]), "op_type", None) in gelus]
+
+
+def quantize_directory(directory: str | Path, *, per_channel: bool = True, embeddings: bool = False,
+                       keep_ffn_output: bool = False) -> dict:
+    """Quantize ``directory/model.onnx`` in place (atomically); returns the updated onnx.json dict.
+
+    ``keep_ffn_output`` leaves the feed-forward output projections in float32 (more accurate, slower).
+    """
     onnx = require("onnx", "onnx")
     require("onnxruntime", "onnx")
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -38,11 +54,12 @@ def quantize_directory(directory: str | Path, *, per_channel: bool = True, embed
     source = directory / ONNX_FILE
     tmp = directory / f".{ONNX_FILE}.int8.tmp"
     ops = list(MATMUL_OPS) + (list(EMBEDDING_OPS) if embeddings else [])
+    excluded = ffn_output_matmuls(onnx.load(str(source), load_external_data=False)) if keep_ffn_output else []
     try:
         with quiet_onnxruntime_tools(logging.WARNING):  # also its advice to pre-process: the graph is optimised
             quantize_dynamic(
                 str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel, reduce_range=False,
-                op_types_to_quantize=ops,
+                op_types_to_quantize=ops, nodes_to_exclude=excluded,
                 # fused com.microsoft ops have no ONNX shape inference; their outputs are float32
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         _smoke_test(tmp, info)
@@ -51,7 +68,7 @@ def quantize_directory(directory: str | Path, *, per_channel: bool = True, embed
         if tmp.exists():
             tmp.unlink()
     info["quantization"] = {"method": "dynamic", "weights": "int8", "per_channel": per_channel,
-                            "operators": ops, "embeddings": embeddings}
+                            "operators": ops, "embeddings": embeddings, "float32_nodes": len(excluded)}
     write_info(directory, info)
     return info
 
