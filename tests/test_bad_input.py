@@ -69,6 +69,7 @@ def test_unclosed_quote_names_the_row_where_it_opens(tmp_path):
         read_reviews(path)
     row, field, reason = only_problem(info)
     assert (row, field) == (2, "*") and "2 fields but the header has 3" in reason
+    assert "quote opened on line 3 is never closed: lines 3-4" in reason
     assert "quote.csv row 2, field '*'" in str(info.value)
     dataset = read_reviews(path, skip_bad_rows=True, rejects_path=tmp_path / "rejects.jsonl")
     assert dataset.ids == ["1"]  # the open quote swallowed row 3 into row 2: both are set aside
@@ -228,10 +229,6 @@ def test_evaluating_levels_the_bundle_does_not_have(tmp_path, tiny_bundle):
     assert (row, field) == (2, "labels") and "outside the levels" in reason
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "evaluate_bundle reads gold keywords the model does not know as misses (a warning), even when no gold "
-    "keyword at all is known: a bundle of another schema scores F1 0 instead of failing. Fix in "
-    "evaluation.evaluate_bundle: raise ReviewlensError when no gold keyword is in the bundle's schema."))
 def test_evaluating_a_bundle_of_another_schema_is_a_clear_error(tmp_path, tiny_bundle):
     from reviewlens.evaluation import evaluate_bundle
 
@@ -245,11 +242,6 @@ def test_evaluating_a_bundle_of_another_schema_is_a_clear_error(tmp_path, tiny_b
     raise AssertionError("evaluated a bundle on data of another label schema without an error")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "ReviewAnalyzer.from_pretrained does not check that the keyword model's outputs match the manifest's "
-    "keywords: a manifest from another schema fails later with numpy's ValueError (broadcast shapes). Fix: "
-    "compare head_config.labels of keyword/ and sentiment/ with schema.keywords and level_names() on load, "
-    "raise ModelError naming the bundle."))
 def test_bundle_whose_weights_belong_to_another_schema(tmp_path, tiny_bundle):
     import shutil
 

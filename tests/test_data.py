@@ -405,3 +405,18 @@ def test_arbitrary_absa_lines_load_or_raise_reviewlens_error(tmp_path, rows, fmt
     for review in dataset:
         assert review.labels is None or set(review.labels) <= set(dataset.schema.keywords)
     dataset.fingerprint()
+
+
+def test_a_pool_read_without_labels_keeps_reviews_whose_annotation_is_broken(tmp_path):
+    from reviewlens.data import read_texts
+
+    path = tmp_path / "pool.jsonl"
+    lines = [{"id": "a", "sentence_form": "배송이 빨라요", "annotation": [["배송#일반", ["배송이", 0, 3], "positive"]]},
+             {"id": "b", "sentence_form": "색이 예뻐요", "annotation": [["색상#일반", None, "amazing"]]},
+             {"id": "c", "sentence_form": "그냥 그래요", "annotation": "not a list"}]
+    path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError):
+        read_reviews(path)
+    pool = read_reviews(path, ignore_labels=True)
+    assert pool.ids == ["a", "b", "c"] and all(r.labels is None for r in pool)
+    assert read_texts(path)[0] == ["a", "b", "c"]

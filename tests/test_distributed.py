@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from reviewlens.cli import _analysis_rows, app
+from reviewlens.analyzer import analysis_rows
+from reviewlens.cli import app
 from reviewlens.distributed import actor_cpus, analyze_with_ray, expand_inputs, plan_outputs
 from reviewlens.errors import ReviewlensError
 
@@ -30,7 +31,7 @@ def _local_rows(model, path):
     from reviewlens.data import read_texts
 
     ids, texts = read_texts(path)
-    return _analysis_rows(ReviewAnalyzer.from_pretrained(model).analyze(texts, ids=ids))
+    return analysis_rows(ReviewAnalyzer.from_pretrained(model).analyze(texts, ids=ids))
 
 
 def _probabilities(row):

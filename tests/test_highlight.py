@@ -100,3 +100,45 @@ def test_empty_blank_emoji_and_long_reviews(tiny_base):
     assert [r.keywords for r in results[:3]] == [[], [], []]
     assert len(results[3].keywords) == 2  # truncated, not an index error
     assert np.isfinite(results[3].keywords[0].probability)
+
+
+def test_long_review_occludes_only_words_the_model_sees(tiny_bundle):
+    """A review longer than the model's input: words past the truncation point are not occluded (they cannot
+    change the output), and the sentiment input keeps its keyword (the review is cut, not the template)."""
+    from reviewlens.highlight import keyword_highlights, sentiment_highlights
+    from reviewlens.tasks import sentiment_input
+
+    analyzer = ReviewAnalyzer.from_pretrained(tiny_bundle)
+    scorer = analyzer.scorer
+    text = " ".join(["배송이", "빨라요", "색상이", "예뻐요", "사이즈가", "커요"] * 400)
+    n_words = len(whitespace_words(text))
+    seen = {"keyword": 0, "sentiment": 0}
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(scorer, name)
+
+        def keyword_probs(self, texts):
+            seen["keyword"] += len(texts)
+            return scorer.keyword_probs(texts)
+
+        def sentiment_probs(self, texts, keywords):
+            seen["sentiment"] += len(texts)
+            return scorer.sentiment_probs(texts, keywords)
+
+    visible = scorer.visible_chars("keyword", [text])[0]
+    assert 0 < visible < len(text)
+    base = scorer.keyword_probs([text])
+    out = keyword_highlights(Counting(), [text], base, [[0, 1]], top_k=50)
+    assert 0 < seen["keyword"] <= scorer.max_lengths["keyword"] < n_words
+    assert all(h.end <= visible for hs in out[0].values() for h in hs)
+
+    keyword = analyzer.keywords[0]
+    cut = scorer.sentiment_visible_chars([text], [keyword])[0]
+    ids = scorer.tokenizers["sentiment"](sentiment_input(text[:cut], keyword, scorer.template))["input_ids"]
+    assert len(ids) <= scorer.max_lengths["sentiment"]
+    level = int(np.argmax(scorer.sentiment_probs([text], [keyword])[0]))
+    pairs = [(0, keyword, level, float(scorer.sentiment_probs([text], [keyword])[0, level]))]
+    highlights = sentiment_highlights(Counting(), [text], pairs, top_k=50)[0]
+    assert 0 < seen["sentiment"] <= scorer.max_lengths["sentiment"]
+    assert all(h.end <= cut for h in highlights)

@@ -71,3 +71,9 @@ def test_fit_thresholds_low_support_uses_global():
     truth = np.array([[1, 1], [0, 0], [1, 0], [0, 0], [1, 0], [1, 0]])
     th = fit_thresholds(probs, truth, ["a", "b"], min_support=5)
     assert th["b"] == best_threshold(probs.ravel(), truth.ravel())[0]
+
+
+def test_sentiment_report_of_no_pairs_is_all_zero():
+    report = sentiment_report([], [], ["-1", "0", "1"])
+    assert report["micro"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert report["macro"]["f1"] == 0.0 and report["-1"]["support"] == 0

@@ -234,6 +234,31 @@ def test_a_killed_bundle_write_leaves_the_old_bundle(tmp_path, tiny_bundle):
     # what the kill left is a hidden temp dir beside it, never a mix inside it
     leftovers = [p.name for p in bundle_dir.parent.iterdir() if p.name != "bundle"]
     assert all(name.startswith(".bundle.") and name.endswith(".tmp") for name in leftovers)
+    # the next save clears what a dead writer left behind
+    ModelBundle.load(bundle_dir).save(bundle_dir, {})
+    assert [p.name for p in bundle_dir.parent.iterdir()] == ["bundle"]
+
+
+def test_a_bundle_moved_aside_by_a_killed_swap_is_put_back(tmp_path, tiny_bundle):
+    """Where the OS has no atomic exchange, a kill between the two renames leaves the old bundle aside: the
+    next load puts it back."""
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, tmp_path / ".bundle.old-4242")
+    assert not bundle_dir.exists()
+    assert ModelBundle.load(bundle_dir).schema.keywords
+    assert bundle_dir.is_dir() and not (tmp_path / ".bundle.old-4242").exists()
+
+
+def test_replacing_a_bundle_swaps_it_whole(tmp_path):
+    from reviewlens.bundle import replace_dir
+
+    dest, new = tmp_path / "dest", tmp_path / "new"
+    dest.mkdir()
+    (dest / "a").write_text("old")
+    new.mkdir()
+    (new / "b").write_text("new")
+    replace_dir(new, dest)
+    assert [p.name for p in dest.iterdir()] == ["b"] and not new.exists()
 
 
 def test_a_killed_file_write_leaves_the_old_file(tmp_path):

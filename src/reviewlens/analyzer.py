@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -63,6 +64,16 @@ class ReviewAnalysis:
         return out
 
 
+ANALYSIS_COLUMNS = ("id", "text", "completion", "keywords")
+"""The columns of ``reviewlens analyze --format csv``: ``keywords`` holds each keyword's result as JSON."""
+
+
+def analysis_rows(results: Iterable[ReviewAnalysis]) -> list[dict]:
+    """Flat rows (``ANALYSIS_COLUMNS``) for CSV or Parquet output, one per review."""
+    return [{"id": r.id or "", "text": r.text, "completion": r.completion(),
+             "keywords": json.dumps([k.to_dict() for k in r.keywords], ensure_ascii=False)} for r in results]
+
+
 def has_content(text: str) -> bool:
     """True when the text has at least one letter or digit (not empty, blank or emoji-only)."""
     return any(unicodedata.category(c)[0] in "LN" for c in text)
@@ -84,6 +95,7 @@ class ReviewAnalyzer:
         """Load a bundle directory (the default bundle when ``path`` is None)."""
         bundle = ModelBundle.load(resolve_bundle_path(path))
         backend = backend or bundle.backend
+        bundle.check_heads()
         if bundle.kind == "generative":
             from .generative import GenerativeAnalyzer
 

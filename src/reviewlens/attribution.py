@@ -142,7 +142,8 @@ def keyword_word_scores(scorer, texts: Sequence[str], targets: Sequence[Sequence
 def sentiment_word_scores(scorer, texts: Sequence[str], pairs: Sequence[tuple[int, str, int, float]]) -> list[np.ndarray]:
     """For each (review index, keyword, level index, _): the score of every whitespace word for that level."""
     template = getattr(scorer, "template", SENTIMENT_TEMPLATE)
-    inputs = [sentiment_input(texts[i], kw, template) for i, kw, _, _ in pairs]
+    cuts = scorer.sentiment_visible_chars([texts[i] for i, *_ in pairs], [kw for _, kw, *_ in pairs])
+    inputs = [sentiment_input(texts[i][:cut], kw, template) for (i, kw, _, _), cut in zip(pairs, cuts)]
     offsets = [_review_offset(template, kw) for _, kw, _, _ in pairs]
     return word_attributions(scorer, SENTIMENT, inputs, [texts[i] for i, _, _, _ in pairs], offsets,
                              [level for _, _, level, _ in pairs])

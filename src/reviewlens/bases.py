@@ -597,16 +597,11 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def _move_into_place(tmp: Path, target: Path, base: OfflineBase) -> None:
     """Rename the finished ``tmp`` folder to ``target``, replacing an old or broken one."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / target.name)
+    from .bundle import replace_dir
+
     try:
-        os.rename(tmp, target)
+        replace_dir(tmp, target)
     except OSError:
         # Another process finished the same build first: keep theirs if it is complete.
         if not _marker_ok(target, base):
             raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)

@@ -11,10 +11,13 @@ Writes are atomic: the bundle is written next to its destination and renamed int
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -84,6 +87,7 @@ class ModelBundle:
     def load(cls, path: str | Path) -> "ModelBundle":
         """Read a bundle's manifest (the weights load lazily, through the analyzer)."""
         path = Path(path)
+        recover(path)
         manifest = path / MANIFEST
         if not manifest.is_file():
             raise ModelError(f"{path}: not a reviewlens bundle ({MANIFEST} is missing). Train one with "
@@ -94,12 +98,28 @@ class ModelBundle:
             raise ModelError(f"{manifest}: not valid JSON ({exc})") from exc
         return cls.from_dict(data, path=path)
 
+    def check_heads(self) -> None:
+        """Raise ModelError when a model's outputs (``head.json`` labels) differ from the manifest's schema."""
+        expected = {"keyword": list(self.schema.keywords), "sentiment": self.schema.level_names()}
+        for sub, labels in expected.items():
+            head_file = self.path / sub / "head.json" if self.path else None
+            if head_file is None or not head_file.is_file():
+                continue
+            try:
+                head = json.loads(head_file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise ModelError(f"{head_file}: not valid JSON ({exc})") from exc
+            found = [str(x) for x in head.get("labels") or []]
+            if found and found != labels:
+                raise ModelError(
+                    f"bundle {self.path}: the {sub} model predicts {len(found)} labels {found[:6]}... but "
+                    f"reviewlens.json lists {len(labels)} {labels[:6]}...; the manifest belongs to another model. "
+                    "Use the manifest that was saved with these weights (or retrain).")
+
     def save(self, path: str | Path, writers: Mapping[str, Callable[[Path], None]]) -> Path:
         """Write the manifest and each ``writers[subdir](dir)`` into ``path``, atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a bundle is meant to be read by others
+        tmp = staging_dir(path)
         try:
             for sub, write in writers.items():
                 (tmp / sub).mkdir(parents=True, exist_ok=True)
@@ -133,9 +153,67 @@ class ModelBundle:
         return str(getattr(info, "commit_url", info))
 
 
-def replace_dir(new: Path, dest: Path) -> None:
-    """Move ``new`` to ``dest``; an existing ``dest`` is swapped out only once ``new`` is complete."""
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def staging_dir(dest: Path) -> Path:
+    """A fresh hidden directory beside ``dest`` to build its replacement in; stale ones of dead writers go."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    recover(dest)
+    for stale in dest.parent.glob(f".{dest.name}.*.tmp"):
+        pid = stale.name[len(dest.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a bundle is meant to be read by others
+    return tmp
+
+
+def recover(dest: Path) -> None:
+    """Put back ``dest`` when a writer was killed between the two renames of the non-atomic fallback."""
     if dest.exists():
+        return
+    for old in sorted(dest.parent.glob(f".{dest.name}.old-*")):
+        os.replace(old, dest)
+        return
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Move the complete directory ``new`` to ``dest``.
+
+    An existing ``dest`` is exchanged with ``new`` in one atomic step where the OS can (Linux), so a reader or
+    a crash sees the old bundle or the new one, never none. Elsewhere two renames are used, and a crash between
+    them is repaired by ``recover`` on the next load or save.
+    """
+    if dest.exists():
+        if _exchange(new, dest):
+            shutil.rmtree(new, ignore_errors=True)  # now holds the old bundle
+            return
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         os.replace(dest, old)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -40,6 +41,9 @@ def _fail(exc: Exception) -> None:
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
     _setup_logging(verbose)
+    # the Rust tokenizers' own threads fight torch's for the cores and warn after a fork (Trainer workers,
+    # uvicorn, Ray); our batches are tokenised in one call anyway. A user's explicit setting wins.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @app.command()
@@ -142,14 +146,6 @@ def evaluate(
         typer.echo(result.to_markdown())
 
 
-def _analysis_rows(results) -> list[dict]:
-    rows = []
-    for r in results:
-        rows.append({"id": r.id or "", "text": r.text, "completion": r.completion(),
-                     "keywords": json.dumps([k.to_dict() for k in r.keywords], ensure_ascii=False)})
-    return rows
-
-
 def print_table(results) -> None:
     """A readable table: review, keyword, sentiment, probability, highlighted words."""
     from rich.console import Console
@@ -188,7 +184,7 @@ def analyze(
     """Keywords, sentiment and highlights of reviews given as arguments or in a file."""
     from tqdm import tqdm
 
-    from .analyzer import ReviewAnalyzer
+    from .analyzer import ANALYSIS_COLUMNS, ReviewAnalyzer, analysis_rows
     from .data import atomic_write_text, read_texts
 
     if engine not in ("local", "ray"):
@@ -240,7 +236,7 @@ def analyze(
     else:
         import pandas as pd
 
-        text = pd.DataFrame(_analysis_rows(results), columns=["id", "text", "completion", "keywords"]).to_csv(index=False)
+        text = pd.DataFrame(analysis_rows(results), columns=list(ANALYSIS_COLUMNS)).to_csv(index=False)
     if output is not None:
         atomic_write_text(output, text)
         typer.echo(f"wrote {len(results)} result(s) to {output}", err=True)

@@ -249,10 +249,12 @@ def _roles(columns: Sequence[str]) -> dict[str, str]:
 def _read_csv(path: Path, source: str) -> tuple[list[_Record], dict[str, str]]:
     text = _decode(_read_bytes(path, source), source)
     reader = csv.reader(io.StringIO(text, newline=""))
+    last_line = text.rstrip("\r\n").count("\n") + 1
     header: list[str] | None = None
     records: list[_Record] = []
     row = 0
     while True:
+        line_before = reader.line_num
         try:
             cells = next(reader)
         except StopIteration:
@@ -271,6 +273,10 @@ def _read_csv(path: Path, source: str) -> tuple[list[_Record], dict[str, str]]:
         record = _Record(row=row, fields=fields_ if len(cells) == len(header) else cells)
         if len(cells) != len(header):
             hint = " (a comma inside unquoted text? quote the text)" if len(cells) > len(header) else ""
+            if any("\n" in c for c in cells) and reader.line_num >= last_line:
+                # an unclosed quote: the rest of the file went into one field, later rows with it
+                hint = (f" (a quote opened on line {line_before + 1} is never closed: lines {line_before + 1}-"
+                        f"{reader.line_num} were read as this row; close it, or double a quote inside text)")
             record.problems.append(("*", f"{len(cells)} fields but the header has {len(header)}{hint}"))
         records.append(record)
     if header is None:
@@ -335,8 +341,11 @@ def _read_parquet(path: Path, source: str) -> tuple[list[_Record], dict[str, str
     return records, _roles(table.column_names) or roles
 
 
-def _absa_records(path: Path, source: str, fmt: str) -> tuple[list[_Record], dict[str, str]]:
-    """NIKL (sentence_form, annotation) or AI Hub (text, aspects) lines as records with mentions."""
+def _absa_records(path: Path, source: str, fmt: str,
+                  ignore_labels: bool = False) -> tuple[list[_Record], dict[str, str]]:
+    """NIKL (sentence_form, annotation) or AI Hub (text, aspects) lines as records with mentions.
+
+    With ``ignore_labels`` the annotations are not read, so a broken one cannot reject a text of a pool."""
     text_key, labels_key = ("sentence_form", "annotation") if fmt == "nikl" else ("text", "aspects")
     records = []
     for number, obj, error in _json_lines(path, source):
@@ -350,7 +359,7 @@ def _absa_records(path: Path, source: str, fmt: str) -> tuple[list[_Record], dic
             continue
         record.id, record.text = obj.get("id"), obj.get(text_key)
         raw = obj.get(labels_key)
-        if raw is None or raw == []:
+        if ignore_labels or raw is None or raw == []:
             continue
         if not isinstance(raw, list):
             record.problems.append((labels_key, f"expected a list, got {type(raw).__name__}"))
@@ -590,7 +599,7 @@ def _load(path, schema, *, format, skip_bad_rows, allow_new_keywords, require_la
     elif fmt == "jsonl":
         records, roles = _dict_records(_json_lines(path, source))
     else:
-        records, roles = _absa_records(path, source, fmt)
+        records, roles = _absa_records(path, source, fmt, ignore_labels)
     if not records:
         raise UnreadableFileError(source, "no rows")
     if "text" not in roles and any(not r.problems for r in records):

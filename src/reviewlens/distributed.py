@@ -30,13 +30,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .analyzer import ANALYSIS_COLUMNS
 from .errors import ReviewlensError, require
 
 logger = logging.getLogger(__name__)
 
 INPUT_SUFFIXES = (".csv", ".jsonl", ".parquet", ".txt")
-OUTPUT_COLUMNS = ("id", "text", "completion", "keywords")
-"""The columns of ``reviewlens analyze --format csv`` (see ``cli._analysis_rows``)."""
+OUTPUT_COLUMNS = ANALYSIS_COLUMNS  # the columns of `reviewlens analyze --format csv`
 _ROUTING_COLUMNS = ("source", "rows_in_file", "error")
 READ_CPUS = 0.5
 """CPUs of a read task. Not 1 on purpose: equal resources would let Ray fuse reading (and with it the split of
@@ -190,14 +190,14 @@ class BundleAnalyzer:
     def __call__(self, table):
         import pyarrow as pa
 
-        from .cli import _analysis_rows
+        from .analyzer import analysis_rows
 
         data = table.to_pydict()
         live = [i for i, error in enumerate(data["error"]) if error is None]
         results = self.analyzer.analyze([data["text"][i] for i in live], ids=[data["id"][i] for i in live],
                                         highlights=self.highlights, top_k=self.top_k)
         out = {name: [None] * table.num_rows for name in OUTPUT_COLUMNS}
-        for i, row in zip(live, _analysis_rows(results)):
+        for i, row in zip(live, analysis_rows(results)):
             for name in OUTPUT_COLUMNS:
                 out[name][i] = row[name]
         out.update({name: data[name] for name in _ROUTING_COLUMNS})

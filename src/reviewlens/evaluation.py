@@ -137,6 +137,13 @@ def evaluate_bundle(model: str | Path | None, data, *, skip_bad_rows: bool = Fal
         dataset = read_reviews(data, schema=schema, skip_bad_rows=skip_bad_rows, require_labels=True,
                                aliases=schema.aliases or None, allow_new_keywords=True)
     new = [k for k in dataset.schema.keywords if k not in schema.keywords]
+    gold = {k for review in dataset.reviews for k in (review.labels or {})}
+    if new and gold and not gold & set(schema.keywords):
+        raise ReviewlensError(
+            f"{dataset.source}: none of its {len(gold)} gold keywords ({', '.join(sorted(gold)[:8])}"
+            f"{', ...' if len(new) > 8 else ''}) is a keyword of the model ({', '.join(schema.keywords[:8])}"
+            f"{', ...' if len(schema.keywords) > 8 else ''}); the data and the model use different label schemas. "
+            "Evaluate on data labeled with the model's keywords, or add aliases to the training config.")
     if new:
         logger.warning("%s: %d gold keyword(s) unknown to the model count as misses: %s", dataset.source, len(new),
                        ", ".join(new))

@@ -49,6 +49,9 @@ def keyword_highlights(scorer, texts: Sequence[str], base_probs: np.ndarray, tar
     """For each review, each target keyword index -> the words whose masking drops its probability most."""
     mask = scorer.mask_token("keyword")
     words = [whitespace_words(t) for t in texts]
+    if hasattr(scorer, "visible_chars"):  # words past the model's max length cannot matter: skip them
+        visible = scorer.visible_chars("keyword", texts)
+        words = [[w for w in ws if w[2] <= cut] for ws, cut in zip(words, visible)]
     variants, owner = [], []
     for i, text in enumerate(texts):
         if targets[i] and len(words[i]) > 0:
@@ -70,10 +73,13 @@ def sentiment_highlights(scorer, texts: Sequence[str], pairs: Sequence[tuple[int
                          top_k: int = 3) -> list[list[Highlight]]:
     """For each (review index, keyword, level index, base probability): the words that drive that level."""
     mask = scorer.mask_token("sentiment")
-    words = [whitespace_words(t) for t in texts]
+    words = [whitespace_words(texts[i]) for i, *_ in pairs]  # per pair: the visible part depends on the keyword
+    if hasattr(scorer, "sentiment_visible_chars"):
+        visible = scorer.sentiment_visible_chars([texts[i] for i, *_ in pairs], [k for _, k, *_ in pairs])
+        words = [[w for w in ws if w[2] <= cut] for ws, cut in zip(words, visible)]
     variants, kws, owner = [], [], []
     for p, (i, keyword, _, _) in enumerate(pairs):
-        masked = masked_variants(texts[i], words[i], mask)
+        masked = masked_variants(texts[i], words[p], mask)
         variants.extend(masked)
         kws.extend([keyword] * len(masked))
         owner.extend([p] * len(masked))
@@ -81,9 +87,9 @@ def sentiment_highlights(scorer, texts: Sequence[str], pairs: Sequence[tuple[int
     owner_arr = np.asarray(owner)
     out = []
     for p, (i, _, level, base) in enumerate(pairs):
-        if not words[i]:
+        if not words[p]:
             out.append([])
             continue
         rows = probs[owner_arr == p]
-        out.append(_top(words[i], base - rows[:, level], top_k))
+        out.append(_top(words[p], base - rows[:, level], top_k))
     return out

@@ -33,6 +33,10 @@ def keyword_report(y_true: np.ndarray, y_pred: np.ndarray, keywords: Sequence[st
 def sentiment_report(y_true: Sequence[int], y_pred: Sequence[int], level_names: Sequence[str]) -> dict:
     """Single-label report over the levels (indices into ``level_names``), with micro and macro averages."""
     labels = list(range(len(level_names)))
+    if len(y_true) == 0:  # nothing to score (no gold keyword was found): an all-zero report, not a crash
+        zero = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+        return {**{name: dict(zero) for name in level_names}, "micro": dict(zero), "macro": dict(zero),
+                "weighted": dict(zero)}
     report = _report(list(y_true), list(y_pred), level_names, labels=labels)
     # sklearn names the micro average "accuracy" for single-label data; give it the same shape as the others.
     if "micro" not in report:

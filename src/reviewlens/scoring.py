@@ -100,9 +100,57 @@ class BatchedScorer:
         return sigmoid(self.logits(KEYWORD, texts))
 
     def sentiment_probs(self, texts: Sequence[str], keywords: Sequence[str]) -> np.ndarray:
-        """(n, L) softmax distributions over the levels, one row per (text, keyword) pair."""
-        inputs = [sentiment_input(t, k, self.template) for t, k in zip(texts, keywords, strict=True)]
+        """(n, L) softmax distributions over the levels, one row per (text, keyword) pair.
+
+        A review too long for the model is cut (at a token boundary) before it goes into the template, so
+        the keyword at the template's end is never the part that truncation drops.
+        """
+        keywords = list(keywords)
+        cuts = self.sentiment_visible_chars(texts, keywords)
+        inputs = [sentiment_input(t[:c], k, self.template) for t, k, c in zip(texts, keywords, cuts, strict=True)]
         return softmax(self.logits(SENTIMENT, inputs))
+
+    def visible_chars(self, which: str, texts: Sequence[str], reserve: int = 0) -> list[int]:
+        """How many leading characters of each text fit the ``which`` model's input, ``reserve`` tokens kept free.
+
+        Words past that point cannot change the model's output, so highlights do not occlude them.
+        """
+        tokenizer = self.tokenizers[which]
+        budget = self.max_lengths[which] - tokenizer.num_special_tokens_to_add() - reserve
+        out = [len(t) for t in texts]
+        # a piece covers at least one character or a word boundary: short texts fit without tokenising
+        long = [i for i, t in enumerate(texts) if len(t) + t.count(" ") + 1 > budget]
+        if not long:
+            return out
+        if budget <= 0:
+            return [0] * len(texts)
+        if not getattr(tokenizer, "is_fast", False):  # no offsets: a conservative character budget
+            for i in long:
+                out[i] = min(out[i], budget)
+            return out
+        encoded = tokenizer([texts[i] for i in long], add_special_tokens=False, return_offsets_mapping=True)
+        for i, offsets in zip(long, encoded["offset_mapping"]):
+            if len(offsets) > budget:
+                out[i] = int(offsets[budget - 1][1])
+        return out
+
+    def sentiment_visible_chars(self, texts: Sequence[str], keywords: Sequence[str]) -> list[int]:
+        """``visible_chars`` for reviews inside the sentiment template, which leaves room for the keyword."""
+        tokenizer = self.tokenizers[SENTIMENT]
+        cache = getattr(self, "_template_tokens", None)
+        if cache is None:
+            cache = self._template_tokens = {}
+        out = [len(t) for t in texts]
+        by_keyword: dict[str, list[int]] = {}
+        for i, keyword in enumerate(keywords):
+            by_keyword.setdefault(keyword, []).append(i)
+        for keyword, rows in by_keyword.items():
+            if keyword not in cache:  # the template's own pieces, plus a margin for merges at the seams
+                cache[keyword] = len(tokenizer(sentiment_input("", keyword, self.template),
+                                               add_special_tokens=False)["input_ids"]) + 2
+            for i, cut in zip(rows, self.visible_chars(SENTIMENT, [texts[i] for i in rows], cache[keyword])):
+                out[i] = cut
+        return out
 
 
 class TorchScorer(BatchedScorer):

@@ -128,9 +128,9 @@ def results_csv(results: Sequence) -> bytes:
     UTF-8 with a byte-order mark so spreadsheet programs show the Hangul."""
     import pandas as pd
 
-    from ..cli import _analysis_rows
+    from ..analyzer import ANALYSIS_COLUMNS, analysis_rows
 
-    frame = pd.DataFrame(_analysis_rows(results), columns=["id", "text", "completion", "keywords"])
+    frame = pd.DataFrame(analysis_rows(results), columns=list(ANALYSIS_COLUMNS))
     return frame.to_csv(index=False).encode("utf-8-sig")
 
 
