@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reviewlens.audit import (AuditReport, Predictions, audit, bundle_predictions, check_rules, find_label_issues,
+from reviewlens.audit import (AuditReport, _none_probability, Predictions, audit, bundle_predictions, check_rules, find_label_issues,
                               kfold_indices, labeled_pairs, load_rules, out_of_fold_predictions, rank_reviews)
 from reviewlens.data import Review, ReviewDataset, read_reviews
 from reviewlens.errors import ReviewlensError
@@ -38,12 +38,17 @@ def test_confident_learning_flags_with_per_class_thresholds():
     dataset, predictions = _toy()
     issues = find_label_issues(dataset, predictions, min_support=1)
     found = [(i.row, i.kind, i.keyword, i.suggested) for i in issues]
-    # ranked by self-confidence: r3's positive label has p=0.02; r7, labeled with no keyword, has p(none) =
-    # 0.05 * 0.9; then r3's A (p=0.05) and r7's missing A (0.05). r6 (p(A) = 0.6, none = 0.4 * 0.9) is not flagged.
-    assert found == [(3, "sentiment", "A", "A -1"), (7, "no_keywords", "A", "add A"),
-                     (3, "keyword_extra", "A", "remove A"), (7, "keyword_missing", "A", "add A")]
-    assert issues[1].self_confidence == pytest.approx(0.05 * 0.9)
-    del issues[1]
+    # ranked by self-confidence: r3's positive label has p=0.02; then r3's A (p=0.05) and r7's missing A (0.05);
+    # then r7, labeled with no keyword: p(none) = 0.05 * 0.9 rescaled so that the mean p(none) of the 8 reviews
+    # is the share labeled with none (4/8). r6 (p(A) = 0.6) is not flagged.
+    assert found == [(3, "sentiment", "A", "A -1"), (3, "keyword_extra", "A", "remove A"),
+                     (7, "keyword_missing", "A", "add A"), (7, "no_keywords", "A", "add A")]
+    calibrated = _none_probability(predictions.keyword_probs, 0.5)
+    assert calibrated.mean() == pytest.approx(0.5)
+    assert np.argsort(calibrated).tolist() == np.argsort(
+        np.prod(1 - predictions.keyword_probs, axis=1)).tolist()  # one odds factor: the order is kept
+    assert issues[3].self_confidence == pytest.approx(calibrated[7]) and calibrated[7] > 0.05 * 0.9
+    del issues[3]
     # each class's threshold is its mean self-confidence: of "A labeled" the mean p(A) of the reviews labeled A,
     # of "A not labeled" the mean 1 - p(A) of the others
     assert issues[1].threshold == pytest.approx(np.mean([0.9, 0.8, 0.7, 0.05]))
@@ -216,3 +221,16 @@ def test_fast_mode_report_and_cli(tiny_bundle, tmp_path):
 def test_report_markdown_lists_rule_notes():
     report = AuditReport(_rules_dataset(), [], method="", rules="fashion", notes=["rule x skipped"])
     assert "- rule x skipped" in report.to_markdown()
+
+
+def test_an_empty_label_where_almost_every_review_has_a_keyword_ranks_first():
+    """The model is unsure of every review (p(A) = 0.5), so the raw p(none) = 0.5 would hide r0's empty label
+    behind any keyword label below 0.5; rescaled to the data's 1-in-20 empty share it is the most suspect."""
+    labels = [{}] + [{"A": 1}] * 19
+    dataset = _dataset(labels)
+    probs = np.array([[0.5, 0.0]] * 20)
+    probs[5, 0] = 0.3  # r5's A label: the weakest keyword label
+    pairs = labeled_pairs(dataset)
+    predictions = Predictions(probs, pairs, np.array([[0.05, 0.05, 0.9]] * len(pairs)), "toy model")
+    order = rank_reviews(dataset, predictions, find_label_issues(dataset, predictions, min_support=1))
+    assert order[0] == 0 and order[1] == 5

@@ -287,10 +287,35 @@ def find_label_issues(dataset: ReviewDataset, predictions: Predictions,
     return sorted(issues, key=LabelIssue.sort_key)
 
 
-def _none_probability(keyword_probs: np.ndarray) -> np.ndarray:
-    """(n,) the probability that a review mentions no keyword: the product of 1 - p over the keywords (the
-    independent sigmoids of a multi-label head); NaN columns (keywords the model lacks) are left out."""
-    return np.prod(np.where(np.isnan(keyword_probs), 1.0, 1.0 - keyword_probs), axis=1)
+def _none_probability(keyword_probs: np.ndarray, empty_rate: float | None = None) -> np.ndarray:
+    """(n,) the probability that a review mentions no keyword.
+
+    The product of 1 - p over the keywords (independent sigmoids; NaN columns, keywords the model lacks, are
+    left out) ignores how many keywords reviews carry: for a review whose keyword the model is unsure of it
+    is high even where every review has a keyword. With ``empty_rate`` (the share of reviews labeled with
+    no keyword) the odds are rescaled by one factor so that the mean probability matches that rate (prior
+    matching, as in label-shift correction): an empty label is then as surprising as the data says it is.
+    """
+    q = np.prod(np.where(np.isnan(keyword_probs), 1.0, 1.0 - keyword_probs), axis=1)
+    if empty_rate is None or not len(q):
+        return q
+    target = float(np.clip(empty_rate, 0.5 / len(q), 1 - 0.5 / len(q)))
+    odds = np.clip(q, 1e-12, 1 - 1e-12) / np.clip(1 - q, 1e-12, None)
+    low, high = -30.0, 30.0  # log of the factor, by bisection: the mean is increasing in it
+    for _ in range(60):
+        mid = (low + high) / 2
+        scaled = odds * np.exp(mid)
+        if np.mean(scaled / (1 + scaled)) < target:
+            low = mid
+        else:
+            high = mid
+    scaled = odds * np.exp((low + high) / 2)
+    return scaled / (1 + scaled)
+
+
+def _empty_rate(given: np.ndarray) -> float:
+    """Share of reviews labeled with no keyword (``given``: (n, K) 0/1 labels)."""
+    return float(np.mean(~given.astype(bool).any(axis=1))) if len(given) else 0.0
 
 
 def _empty_label_issues(dataset: ReviewDataset, given: np.ndarray, keyword_probs: np.ndarray) -> list[LabelIssue]:
@@ -300,7 +325,7 @@ def _empty_label_issues(dataset: ReviewDataset, given: np.ndarray, keyword_probs
     if not scored.any() or not dataset.schema.num_keywords:
         return []
     rows = np.flatnonzero(scored)
-    none = _none_probability(keyword_probs[rows])
+    none = _none_probability(keyword_probs[rows], _empty_rate(given[rows]))
     two = np.stack([none, 1.0 - none], axis=1)  # class 0: no keyword, class 1: some keyword
     labels = (given[rows].sum(axis=1) > 0).astype(int)
     thresholds = _class_thresholds(two, labels, 2)
@@ -327,7 +352,10 @@ def review_self_confidence(dataset: ReviewDataset, predictions: Predictions) -> 
         else np.full(len(dataset), np.inf)
     empty = ~given.any(axis=1) & ~np.isnan(probs).all(axis=1) if probs.size else np.zeros(len(dataset), bool)
     if empty.any():  # labeled with no keyword: how sure the model is that the review mentions none
-        out[empty] = np.minimum(out[empty], _none_probability(probs[empty]))
+        scored = ~np.isnan(probs).all(axis=1)
+        none = np.ones(len(dataset))
+        none[scored] = _none_probability(probs[scored], _empty_rate(given[scored]))
+        out[empty] = np.minimum(out[empty], none[empty])
     for p, (i, keyword) in enumerate(predictions.pairs):
         value = predictions.sentiment_probs[p, schema.level_index(dataset.reviews[i].labels[keyword])]
         if not np.isnan(value):
