@@ -313,9 +313,15 @@ def _none_probability(keyword_probs: np.ndarray, empty_rate: float | None = None
     return scaled / (1 + scaled)
 
 
-def _empty_rate(given: np.ndarray) -> float:
-    """Share of reviews labeled with no keyword (``given``: (n, K) 0/1 labels)."""
-    return float(np.mean(~given.astype(bool).any(axis=1))) if len(given) else 0.0
+def _none_probabilities(keyword_probs: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """(n,) ``_none_probability`` matched to the share of reviews ``given`` (n, K) labels with no keyword, over
+    the reviews the model scored; 1.0 for reviews it did not score at all."""
+    scored = ~np.isnan(keyword_probs).all(axis=1)
+    out = np.ones(len(keyword_probs))
+    if scored.any():
+        empty_rate = float(np.mean(~given[scored].astype(bool).any(axis=1)))
+        out[scored] = _none_probability(keyword_probs[scored], empty_rate)
+    return out
 
 
 def _empty_label_issues(dataset: ReviewDataset, given: np.ndarray, keyword_probs: np.ndarray) -> list[LabelIssue]:
@@ -325,7 +331,7 @@ def _empty_label_issues(dataset: ReviewDataset, given: np.ndarray, keyword_probs
     if not scored.any() or not dataset.schema.num_keywords:
         return []
     rows = np.flatnonzero(scored)
-    none = _none_probability(keyword_probs[rows], _empty_rate(given[rows]))
+    none = _none_probabilities(keyword_probs, given)[rows]
     two = np.stack([none, 1.0 - none], axis=1)  # class 0: no keyword, class 1: some keyword
     labels = (given[rows].sum(axis=1) > 0).astype(int)
     thresholds = _class_thresholds(two, labels, 2)
@@ -352,10 +358,7 @@ def review_self_confidence(dataset: ReviewDataset, predictions: Predictions) -> 
         else np.full(len(dataset), np.inf)
     empty = ~given.any(axis=1) & ~np.isnan(probs).all(axis=1) if probs.size else np.zeros(len(dataset), bool)
     if empty.any():  # labeled with no keyword: how sure the model is that the review mentions none
-        scored = ~np.isnan(probs).all(axis=1)
-        none = np.ones(len(dataset))
-        none[scored] = _none_probability(probs[scored], _empty_rate(given[scored]))
-        out[empty] = np.minimum(out[empty], none[empty])
+        out[empty] = np.minimum(out[empty], _none_probabilities(probs, given)[empty])
     for p, (i, keyword) in enumerate(predictions.pairs):
         value = predictions.sentiment_probs[p, schema.level_index(dataset.reviews[i].labels[keyword])]
         if not np.isnan(value):

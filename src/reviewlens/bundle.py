@@ -196,11 +196,9 @@ def staging_dir(dest: Path) -> Path:
 
 def recover(dest: Path) -> None:
     """Put back ``dest`` when a writer was killed between the two renames of the non-atomic fallback."""
-    if dest.exists():
-        return
-    for old in sorted(dest.parent.glob(f".{dest.name}.old-*")):
+    old = None if dest.exists() else next(iter(sorted(dest.parent.glob(f".{dest.name}.old-*"))), None)
+    if old is not None:
         os.replace(old, dest)
-        return
 
 
 def replace_dir(new: Path, dest: Path) -> None:

@@ -36,7 +36,6 @@ from .errors import ReviewlensError, require
 logger = logging.getLogger(__name__)
 
 INPUT_SUFFIXES = (".csv", ".jsonl", ".parquet", ".txt")
-OUTPUT_COLUMNS = ANALYSIS_COLUMNS  # the columns of `reviewlens analyze --format csv`
 _ROUTING_COLUMNS = ("source", "rows_in_file", "error")
 READ_CPUS = 0.5
 """CPUs of a read task. Not 1 on purpose: equal resources would let Ray fuse reading (and with it the split of
@@ -143,7 +142,7 @@ def _read_schema():
 def _output_schema():
     import pyarrow as pa
 
-    return pa.schema([(name, pa.string()) for name in OUTPUT_COLUMNS])
+    return pa.schema([(name, pa.string()) for name in ANALYSIS_COLUMNS])
 
 
 def read_files(batch: dict, *, skip_bad_rows: bool = False, rejects_dir: str | None = None):
@@ -196,9 +195,9 @@ class BundleAnalyzer:
         live = [i for i, error in enumerate(data["error"]) if error is None]
         results = self.analyzer.analyze([data["text"][i] for i in live], ids=[data["id"][i] for i in live],
                                         highlights=self.highlights, top_k=self.top_k)
-        out = {name: [None] * table.num_rows for name in OUTPUT_COLUMNS}
+        out = {name: [None] * table.num_rows for name in ANALYSIS_COLUMNS}
         for i, row in zip(live, analysis_rows(results)):
-            for name in OUTPUT_COLUMNS:
+            for name in ANALYSIS_COLUMNS:
                 out[name][i] = row[name]
         out.update({name: data[name] for name in _ROUTING_COLUMNS})
         out["worker"] = [self.worker] * table.num_rows
@@ -233,7 +232,7 @@ class _OutputFile:
         self.writer = pq.ParquetWriter(self.tmp, schema)
 
     def write(self, table) -> None:
-        self.writer.write_table(table.select(list(OUTPUT_COLUMNS)).cast(self.writer.schema))
+        self.writer.write_table(table.select(list(ANALYSIS_COLUMNS)).cast(self.writer.schema))
         self.rows += table.num_rows
 
     @property

@@ -141,7 +141,7 @@ def evaluate_bundle(model: str | Path | None, data, *, skip_bad_rows: bool = Fal
     if new and gold and not gold & set(schema.keywords):
         raise ReviewlensError(
             f"{dataset.source}: none of its {len(gold)} gold keywords ({', '.join(sorted(gold)[:8])}"
-            f"{', ...' if len(new) > 8 else ''}) is a keyword of the model ({', '.join(schema.keywords[:8])}"
+            f"{', ...' if len(gold) > 8 else ''}) is a keyword of the model ({', '.join(schema.keywords[:8])}"
             f"{', ...' if len(schema.keywords) > 8 else ''}); the data and the model use different label schemas. "
             "Evaluate on data labeled with the model's keywords, or add aliases to the training config.")
     if new:

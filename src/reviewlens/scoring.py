@@ -49,6 +49,7 @@ class BatchedScorer:
         self.template = template
         self.max_tokens_per_batch = max_tokens_per_batch
         self.truncated = 0
+        self._template_tokens: dict[str, int] = {}  # keyword -> pieces the sentiment template takes around a review
 
     def _logits(self, which: str, batch: dict[str, np.ndarray]) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -137,9 +138,7 @@ class BatchedScorer:
     def sentiment_visible_chars(self, texts: Sequence[str], keywords: Sequence[str]) -> list[int]:
         """``visible_chars`` for reviews inside the sentiment template, which leaves room for the keyword."""
         tokenizer = self.tokenizers[SENTIMENT]
-        cache = getattr(self, "_template_tokens", None)
-        if cache is None:
-            cache = self._template_tokens = {}
+        cache = self._template_tokens
         out = [len(t) for t in texts]
         by_keyword: dict[str, list[int]] = {}
         for i, keyword in enumerate(keywords):
