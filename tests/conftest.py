@@ -82,7 +82,8 @@ def tiny_bundle(tiny_base, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-bundle") / "bundle"
     data = read_reviews(EXAMPLES / "fashion_reviews.csv")
-    config = TrainConfig(base=str(tiny_base), pooling="mean", keyword_epochs=6, sentiment_epochs=3,
+    config = TrainConfig(base=str(tiny_base), pooling="mean", sentiment_pooling="mean_keyword", keyword_epochs=6,
+                         sentiment_epochs=3,
                          learning_rate=2e-3, batch_size=16, early_stopping_patience=0, seed=0)
     train(data, out, config)
     return out

@@ -104,6 +104,12 @@ def test_distilled_student_with_trimmed_vocabulary_is_smaller_and_loads(tiny_bun
     config = json.loads((out / "keyword" / "config.json").read_text())
     assert config["num_hidden_layers"] == 1 and config["vocab_size"] == steps["vocabulary"]["after"]
     assert bundle.metrics["compression"]["size_bytes"] < bundle.metrics["compression"]["source_size_bytes"]
+    # the sentiment head pools the keyword's pieces after a marker piece: its id follows the trimmed vocabulary
+    from transformers import AutoTokenizer
+
+    head = json.loads((out / "sentiment" / "head.json").read_text())
+    assert head["pooling"] == "mean_keyword"
+    assert AutoTokenizer.from_pretrained(out / "sentiment").convert_ids_to_tokens([head["marker_id"]]) == [":"]
     results = ReviewAnalyzer.from_pretrained(out).analyze(TEXTS, highlights=True)
     assert len(results) == len(TEXTS)
 

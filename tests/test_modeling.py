@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from reviewlens.errors import ModelError, ReviewlensError
-from reviewlens.modeling import MULTI_LABEL, SINGLE_LABEL, build_classifier, load_classifier, save_classifier
-from reviewlens.training import TrainConfig
+from reviewlens.modeling import (MULTI_LABEL, SINGLE_LABEL, build_classifier, keyword_mask, load_classifier,
+                                 save_classifier)
+from reviewlens.tasks import sentiment_input
+from reviewlens.training import TrainConfig, _encode
 
 
 def _logits(model, tokenizer, texts):
@@ -14,7 +16,7 @@ def _logits(model, tokenizer, texts):
         return model.eval()(**enc).logits
 
 
-@pytest.mark.parametrize("pooling,lora", [("cls", 0), ("mean", 0), ("mean", 4)])
+@pytest.mark.parametrize("pooling,lora", [("cls", 0), ("mean", 0), ("mean", 4), ("mean_keyword", 4)])
 def test_save_load_gives_the_same_logits(tiny_base, tmp_path, pooling, lora):
     torch.manual_seed(0)
     model, tok = build_classifier(str(tiny_base), 3, MULTI_LABEL, pooling=pooling, labels=["a", "b", "c"], lora_r=lora)
@@ -61,3 +63,40 @@ def test_train_config_yaml_and_overrides(tmp_path):
     path.write_text("keyword_epoch: 7\n", encoding="utf-8")
     with pytest.raises(ReviewlensError, match="unknown training setting"):
         TrainConfig.from_yaml(path)
+
+
+def test_keyword_mask_marks_the_pieces_after_the_last_marker():
+    ids = torch.tensor([[1, 7, 9, 7, 5, 6, 2, 0], [1, 5, 6, 2, 0, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0, 0, 0]])
+    out = keyword_mask(ids, mask, marker_id=7)
+    assert out.tolist() == [[0, 0, 0, 0, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0, 0, 0]]  # no marker: the whole input
+
+
+def test_mean_keyword_pooling_depends_on_the_keyword_not_only_the_review(tiny_base):
+    torch.manual_seed(0)
+    model, tok = build_classifier(str(tiny_base), 3, SINGLE_LABEL, pooling="mean_keyword")
+    marker = model.head_config.marker_id
+    assert tok.convert_ids_to_tokens([marker]) == [":"]
+    review = "품질이 좀 떨어지지만 가격이 싸니까"
+    enc = tok([sentiment_input(review, "품질"), sentiment_input(review, "가격")], padding=True, return_tensors="pt",
+              return_token_type_ids=False)
+    with torch.no_grad():
+        pooled = model.eval().pool(enc["input_ids"], enc["attention_mask"])
+    hidden = model.encoder.config.hidden_size
+    assert pooled.shape == (2, 2 * hidden)
+    whole, keyword = pooled[:, :hidden], pooled[:, hidden:]
+    # the keyword half is the mean over the keyword's pieces alone, so it moves much more with the keyword
+    assert (keyword[0] - keyword[1]).norm() > 3 * (whole[0] - whole[1]).norm()
+
+
+def test_long_sentiment_inputs_lose_the_review_end_not_the_keyword(tiny_base):
+    _, tok = build_classifier(str(tiny_base), 3, SINGLE_LABEL, pooling="mean")
+    long_review = " ".join(["색이 정말 이뻐요"] * 60)
+    text = sentiment_input(long_review, "마감처리")
+    full = tok(text)["input_ids"]
+    ids = _encode(tok, [text], [1], max_length=32, keep_keyword=True)[0]["input_ids"]
+    tail = len(tok("\n###키워드: 마감처리", add_special_tokens=False)["input_ids"]) + 1  # and [SEP]
+    assert len(full) > 100 and len(ids) == 32
+    assert ids[-tail:] == full[-tail:] and ids[:32 - tail] == full[:32 - tail]
+    short = _encode(tok, [sentiment_input("색이 예뻐요", "색상")], [1], max_length=32, keep_keyword=True)[0]
+    assert short["input_ids"] == tok(sentiment_input("색이 예뻐요", "색상"))["input_ids"]

@@ -1,9 +1,13 @@
 """Build, save and load the classifiers: a base encoder with a keyword (multi-label) or sentiment head.
 
-Two poolings:
+Three poolings:
 - ``cls``: ``AutoModelForSequenceClassification`` as is (the seed's RoBERTa set-up);
 - ``mean``: the encoder's hidden states averaged over the attention mask, then a linear head. Bases
   trained as sentence encoders (e5) have no trained pooler, and a fresh pooler taught only the label prior.
+- ``mean_keyword`` (sentiment model): the ``mean`` features concatenated with the mean over the keyword's
+  own pieces, those after the last ``###키워드:`` marker piece. The whole-input mean of a review with praise
+  for one keyword and a complaint about another barely depends on which keyword is asked about; the
+  keyword's pieces, having attended to the review through every layer, do.
 
 A model directory holds the encoder (full weights, or a LoRA adapter over a named base), the head and
 ``head.json``; ``load_classifier`` reads any of them.
@@ -38,6 +42,10 @@ class HeadConfig:
     labels: list[str] = field(default_factory=list)
     base: str = ""
     lora: bool = False
+    marker_id: int | None = None  # mean_keyword: the piece that ends the marker before the keyword
+
+
+POOLINGS = ("cls", "mean", "mean_keyword")
 
 
 def resolve_base(name_or_path: str) -> str:
@@ -61,22 +69,27 @@ class MeanPoolingClassifier(nn.Module):
         self.encoder = encoder
         self.head_config = head
         self.config = encoder.config
-        hidden = encoder.config.hidden_size
-        self.register_buffer("feature_mean", torch.zeros(hidden))
-        self.register_buffer("feature_scale", torch.ones(hidden))
+        if head.pooling == "mean_keyword" and head.marker_id is None:
+            raise ModelError("pooling 'mean_keyword' needs the marker piece id (head.json 'marker_id')")
+        features = encoder.config.hidden_size * (2 if head.pooling == "mean_keyword" else 1)
+        self.register_buffer("feature_mean", torch.zeros(features))
+        self.register_buffer("feature_scale", torch.ones(features))
         self.dropout = nn.Dropout(head.dropout)
-        self.classifier = nn.Linear(hidden, head.num_labels)
+        self.classifier = nn.Linear(features, head.num_labels)
 
     def pool(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """Masked mean of the last hidden states."""
+        """Masked mean of the last hidden states (and, for ``mean_keyword``, of the keyword's pieces)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         hidden = self.encoder(**kwargs).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        pooled = _masked_mean(hidden, attention_mask)
+        if self.head_config.pooling != "mean_keyword":
+            return pooled
+        return torch.cat([pooled, _masked_mean(hidden, keyword_mask(input_ids, attention_mask,
+                                                                    self.head_config.marker_id))], dim=-1)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **_):
         pooled = self.pool(input_ids, attention_mask, token_type_ids)
@@ -98,6 +111,48 @@ class MeanPoolingClassifier(nn.Module):
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         """The head's tensors (everything but the encoder)."""
         return {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+
+
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def keyword_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, marker_id: int) -> torch.Tensor:
+    """1 on the pieces after the last ``marker_id`` of each row (the keyword and the end token), else 0.
+
+    A row without the marker keeps its whole attention mask. Plain tensor ops, so ONNX export traces it.
+    """
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
+    last = torch.where(input_ids == marker_id, positions, torch.full_like(positions, -1)).amax(dim=1, keepdim=True)
+    return attention_mask * (positions > last).to(attention_mask.dtype)
+
+
+def keyword_marker_id(tokenizer, template: str | None = None) -> int:
+    """The id of the last piece of the sentiment template's text before ``{keyword}`` (``###키워드:``)."""
+    from .tasks import SENTIMENT_TEMPLATE
+
+    template = template or SENTIMENT_TEMPLATE
+    head, sep, _ = template.partition("{keyword}")
+    if not sep:
+        raise ModelError(f"the sentiment template {template!r} has no {{keyword}} field")
+    prefix = head.split("{review}")[-1].rstrip()
+    ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ModelError(f"the sentiment template {template!r} has no text before {{keyword}} to mark it")
+    return int(ids[-1])
+
+
+def check_keyword_marker(tokenizer, marker_id: int, keywords: list[str], template: str | None = None) -> None:
+    """Fail early when a keyword's pieces cannot be found after the marker in a tokenized sentiment input."""
+    from .tasks import SENTIMENT_TEMPLATE, sentiment_input
+
+    for keyword in keywords:
+        ids = tokenizer(sentiment_input("좋아요", keyword, template or SENTIMENT_TEMPLATE))["input_ids"]
+        tail = ids[max(i for i, t in enumerate(ids) if t == marker_id) + 1:] if marker_id in ids else []
+        if not tokenizer.decode(tail, skip_special_tokens=True).strip():
+            raise ModelError(f"pooling 'mean_keyword': keyword {keyword!r} has no pieces after the marker piece "
+                             f"{marker_id} in its tokenized sentiment input; use pooling 'mean'")
 
 
 def default_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> torch.Tensor:
@@ -127,8 +182,8 @@ def build_classifier(base: str, num_labels: int, problem_type: str, *, pooling: 
                      labels: list[str] | None = None, dropout: float = 0.1, lora_r: int = 0,
                      lora_alpha: int | None = None, freeze_embeddings: bool = False):
     """A fresh classifier and its tokenizer on ``base`` (hub name, local path or offline base name)."""
-    if pooling not in ("cls", "mean"):
-        raise ModelError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
+    if pooling not in POOLINGS:
+        raise ModelError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     path = resolve_base(base)
     labels = list(labels or [str(i) for i in range(num_labels)])
     id2label = dict(enumerate(labels))
@@ -146,7 +201,8 @@ def build_classifier(base: str, num_labels: int, problem_type: str, *, pooling: 
                          "local path or run `reviewlens base prepare multilingual-e5-small`.") from exc
     if freeze_embeddings:
         encoder.get_input_embeddings().weight.requires_grad_(False)
-    head = HeadConfig(num_labels, problem_type, pooling, dropout, labels, base, lora=lora_r > 0)
+    head = HeadConfig(num_labels, problem_type, pooling, dropout, labels, base, lora=lora_r > 0,
+                      marker_id=keyword_marker_id(tokenizer) if pooling == "mean_keyword" else None)
     if pooling == "cls":
         if lora_r:
             raise ModelError("LoRA is supported with pooling 'mean' (the adapter-over-base bundle layout)")

@@ -17,7 +17,8 @@ from .bundle import ModelBundle
 from .calibration import fit_thresholds
 from .data import ReviewDataset, atomic_write_text, train_validation_split
 from .errors import ReviewlensError
-from .modeling import MULTI_LABEL, SINGLE_LABEL, build_classifier, max_input_length, save_classifier
+from .modeling import (MULTI_LABEL, SINGLE_LABEL, build_classifier, check_keyword_marker, keyword_marker_id,
+                       max_input_length, save_classifier)
 from .tasks import SENTIMENT_TEMPLATE, TEMPLATES, keyword_examples, sentiment_examples
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class TrainConfig:
 
     base: str = "klue/roberta-base"
     pooling: str = "cls"
+    sentiment_pooling: str | None = None  # default: ``pooling``; "mean_keyword" adds the keyword's own pieces
     max_length: int = 256
     keyword_epochs: float = 5.0
     sentiment_epochs: float = 5.0
@@ -94,12 +96,22 @@ class _ListDataset(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def _encode(tokenizer, texts: list[str], labels: list, max_length: int) -> _ListDataset:
-    enc = tokenizer(texts, truncation=True, max_length=max_length)
+def _encode(tokenizer, texts: list[str], labels: list, max_length: int, keep_keyword: bool = False) -> _ListDataset:
+    """Tokenized examples. With ``keep_keyword`` (sentiment inputs) a long input loses the end of its review,
+    never the ``###키워드: …`` tail, as at prediction time (``Scorer.sentiment_visible_chars``)."""
+    enc = tokenizer(texts, truncation=not keep_keyword, max_length=max_length)
+    if keep_keyword:
+        marker = keyword_marker_id(tokenizer)
+        marker_pieces = len(tokenizer(SENTIMENT_TEMPLATE.split("{review}")[-1].partition("{keyword}")[0].rstrip(),
+                                      add_special_tokens=False)["input_ids"])
     items = []
     for i, label in enumerate(labels):
-        item = {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": label}
-        items.append(item)
+        ids = enc["input_ids"][i]
+        if keep_keyword and len(ids) > max_length:
+            at = max((j for j, t in enumerate(ids) if t == marker), default=len(ids) - 1)
+            tail = ids[max(at - marker_pieces + 1, 0):][-max_length // 2:]
+            ids = ids[:max_length - len(tail)] + tail
+        items.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": label})
     return _ListDataset(items)
 
 
@@ -167,7 +179,7 @@ def _optimizer(model, config: TrainConfig):
 
 def _train_one(task: str, texts: list[str], labels: list, val_texts: list[str], val_labels: list,
                label_names: list[str], problem_type: str, config: TrainConfig, epochs: float, workdir: Path,
-               resume: bool = False):
+               resume: bool = False, keywords: list[str] | None = None):
     """Fine-tune one classifier with Trainer; returns (model, tokenizer).
 
     Checkpoints go to ``workdir/<task>``; the finished model to ``workdir/<task>/final.safetensors``.
@@ -177,21 +189,29 @@ def _train_one(task: str, texts: list[str], labels: list, val_texts: list[str], 
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
     set_seed(config.seed)
+    pooling = config.pooling
+    if task == "sentiment" and config.sentiment_pooling:
+        pooling = config.sentiment_pooling
+    elif pooling == "mean_keyword":
+        raise ReviewlensError("pooling 'mean_keyword' is for the sentiment model: set sentiment_pooling instead")
     model, tokenizer = build_classifier(
-        config.base, len(label_names), problem_type, pooling=config.pooling, labels=label_names,
+        config.base, len(label_names), problem_type, pooling=pooling, labels=label_names,
         dropout=config.dropout, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
         freeze_embeddings=config.freeze_embeddings)
+    if pooling == "mean_keyword":
+        check_keyword_marker(tokenizer, model.head_config.marker_id, keywords or [])
     final = workdir / task / FINAL_WEIGHTS
     if resume and final.is_file():
         logger.info("%s model: finished in the interrupted run, loading %s", task, final)
         load_model(model, str(final))
         return model.eval(), tokenizer
     max_length = min(config.max_length, max_input_length(model, tokenizer))
-    train_set = _encode(tokenizer, texts, labels, max_length)
+    keep_keyword = task == "sentiment"
+    train_set = _encode(tokenizer, texts, labels, max_length, keep_keyword)
     if hasattr(model, "fit_normalizer"):
         model.fit_normalizer(_normalizer_batches(train_set, tokenizer, config))
     has_val = len(val_texts) > 0
-    val_set = _encode(tokenizer, val_texts, val_labels, max_length) if has_val else None
+    val_set = _encode(tokenizer, val_texts, val_labels, max_length, keep_keyword) if has_val else None
     class_weights = None
     if problem_type == SINGLE_LABEL and config.class_weighted:
         class_weights = _class_weights(labels, len(label_names))
@@ -253,7 +273,7 @@ def train_sentiment_model(train: ReviewDataset, validation: ReviewDataset, confi
         raise ReviewlensError(f"{train.source}: no labeled (review, keyword) pairs to train the sentiment model on")
     return _train_one("sentiment", [e.text for e in tr], [e.label for e in tr], [e.text for e in va],
                       [e.label for e in va], train.schema.level_names(), SINGLE_LABEL, config,
-                      config.sentiment_epochs, workdir, resume)
+                      config.sentiment_epochs, workdir, resume, keywords=list(train.schema.keywords))
 
 
 def default_checkpoint_dir(output_dir: str | Path) -> Path:

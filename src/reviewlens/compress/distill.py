@@ -174,6 +174,11 @@ def apply_trimmed_vocabulary(model, trimmed: TrimmedVocabulary) -> None:
             setattr(config, name, index.get(value))
     if model.config is not config and hasattr(model.config, "vocab_size"):  # ...ForSequenceClassification
         model.config.vocab_size = config.vocab_size
+    head = getattr(model, "head_config", None)
+    if head is not None and getattr(head, "marker_id", None) is not None:  # mean_keyword pooling
+        if head.marker_id not in index:
+            raise ModelError(f"vocabulary trimming dropped the keyword marker piece {head.marker_id}")
+        head.marker_id = index[head.marker_id]
 
 
 # -- students -----------------------------------------------------------------------------------------------
