@@ -3,8 +3,9 @@
 5% of the reviews get one error each, of three kinds in equal shares: a keyword switched on (an absent
 keyword added, drawn by keyword frequency, with a level drawn by level frequency), a keyword switched off
 (one labeled keyword removed) or a sentiment level changed (to another level, uniformly). The audit
-(``reviewlens.audit``: out-of-fold probabilities, confident-learning flags, reviews ranked most suspect
-first) is then scored on the top 10% of the ranking: precision and recall of the noisy reviews.
+(``reviewlens.audit``: out-of-fold probabilities, keyword probabilities calibrated per keyword,
+confident-learning flags, reviews ranked by their least believable label) is then scored on the top 10%
+of the ranking: precision and recall of the noisy reviews.
 
 The out-of-fold model is ``reviewlens.baselines.FastReviewModel`` (TF-IDF character n-grams + SGD
 logistic regressions), NOT the transformer k-fold training of ``reviewlens audit`` (too slow for a
@@ -103,7 +104,7 @@ def main() -> None:
         noisy, truth = inject_noise(clean, args.noise, seed)
         predictions = fast_out_of_fold(noisy, features, args.folds, seed)
         issues = find_label_issues(noisy, predictions)
-        order = rank_reviews(noisy, predictions, issues)
+        order = rank_reviews(noisy, predictions)
         top = set(order[:n_top].tolist())
         flagged = {i.row for i in issues}
         noisy_rows = set(truth)
