@@ -3,9 +3,9 @@
 5% of the reviews get one error each, of three kinds in equal shares: a keyword switched on (an absent
 keyword added, drawn by keyword frequency, with a level drawn by level frequency), a keyword switched off
 (one labeled keyword removed) or a sentiment level changed (to another level, uniformly). The audit
-(``reviewlens.audit``: out-of-fold probabilities, keyword probabilities calibrated per keyword,
-confident-learning flags, reviews ranked by their least believable label) is then scored on the top 10%
-of the ranking: precision and recall of the noisy reviews.
+(``reviewlens.audit``: out-of-fold probabilities, confident-learning flags, reviews ranked most suspect
+first) is then scored on the top 10% of the ranking: precision and recall of the noisy reviews.
+``--calibrated`` ranks on keyword probabilities calibrated per keyword instead (``rank_reviews``).
 
 The out-of-fold model is ``reviewlens.baselines.FastReviewModel`` (TF-IDF character n-grams + SGD
 logistic regressions), NOT the transformer k-fold training of ``reviewlens audit`` (too slow for a
@@ -88,6 +88,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="noise injections")
     parser.add_argument("--show", type=int, default=20, help="suspected original labels to list")
     parser.add_argument("--quick", action="store_true", help="1 noise seed")
+    parser.add_argument("--calibrated", action="store_true",
+                        help="flag and rank on keyword probabilities calibrated per keyword")
     args = parser.parse_args()
     if args.quick:
         args.seeds = 1
@@ -103,8 +105,8 @@ def main() -> None:
     for seed in range(args.seeds):
         noisy, truth = inject_noise(clean, args.noise, seed)
         predictions = fast_out_of_fold(noisy, features, args.folds, seed)
-        issues = find_label_issues(noisy, predictions)
-        order = rank_reviews(noisy, predictions)
+        issues = find_label_issues(noisy, predictions, calibrated=args.calibrated)
+        order = rank_reviews(noisy, predictions, issues, calibrated=args.calibrated)
         top = set(order[:n_top].tolist())
         flagged = {i.row for i in issues}
         noisy_rows = set(truth)
@@ -122,7 +124,8 @@ def main() -> None:
     print(f"\nLabel audit on NIKL train ({len(clean)} labeled reviews): {args.noise:.0%} of reviews given one "
           f"error (keyword on / off / sentiment level, equal shares), {args.folds}-fold out-of-fold "
           f"probabilities, {args.seeds} noise seed(s){' (quick mode)' if args.quick else ''}.")
-    print("Model: FastReviewModel (TF-IDF char 1-3-grams + SGD logistic regressions), not a transformer. "
+    print("Model: FastReviewModel (TF-IDF char 1-3-grams + SGD logistic regressions), not a transformer"
+          + ("; keyword probabilities calibrated per keyword" if args.calibrated else "") + ". "
           f"Top {args.top:.0%} = the {n_top} most suspect reviews.\n")
     columns = ["seed", "noisy", "flagged", "flag_precision", "flag_recall", "top_precision", "top_recall",
                "recall_keyword_on", "recall_keyword_off", "recall_sentiment"]
@@ -136,7 +139,7 @@ def main() -> None:
           f"{min(1.0, args.noise / args.top):.2f}).")
 
     predictions = fast_out_of_fold(clean, features, args.folds, 0)
-    issues = find_label_issues(clean, predictions)
+    issues = find_label_issues(clean, predictions, calibrated=args.calibrated)
     kinds = Counter(i.kind for i in issues)
     print(f"\nOriginal labels: {len(issues)} suspected issue(s) ({', '.join(f'{v} {k}' for k, v in kinds.items())}) "
           f"on {len({i.row for i in issues})} reviews. Top {args.show}, most suspect first:\n")

@@ -57,11 +57,11 @@ def test_confident_learning_flags_with_per_class_thresholds():
     assert issues[0].threshold == pytest.approx(np.mean([0.9, 0.9, 0.9, 0.9, 0.02]))  # level 1 over its 5 pairs
 
 
-def test_uncalibrated_ranking_is_by_the_lowest_self_confidence_of_any_label():
+def test_ranking_puts_flagged_reviews_first_then_the_least_confident():
     dataset, predictions = _toy()
-    order = rank_reviews(dataset, predictions, calibrated=False)
-    # r3: its level 1 at 0.02; r7: its missing A at 0.05 (and p(none) rescaled); r2's B absent at 0.9 is fine,
-    # but r6 (A at 0.6, not labeled: 0.4) is next although confident learning does not flag it
+    order = rank_reviews(dataset, predictions, find_label_issues(dataset, predictions, min_support=1))
+    # r6 (A at 0.6, not labeled) is not flagged: 0.6 is below the mean 0.6125 of the labeled A reviews,
+    # but it is the least confident of the rest
     assert list(order[:3]) == [3, 7, 6]
     assert not any(i.row == 6 for i in find_label_issues(dataset, predictions, min_support=1, calibrated=False))
 
@@ -84,7 +84,8 @@ def test_calibration_maps_each_keyword_to_the_share_labeled_with_it_and_keeps_it
 def test_calibration_puts_a_rare_and_a_frequent_keyword_on_one_scale():
     """The model is over-sure of the frequent keyword A and has learned nothing of the rare B (every review
     gets p(B) ~ 0.005): raw, every B label looks more suspect than r5's A label (p = 0.02, where every other
-    A label is above 0.97); calibrated, a B label is right about 1 time in 5 (B's share), r5's A label almost never."""
+    A label is above 0.97); calibrated, a B label is right about 1 time in 5 (B's share) and r5's A label
+    almost never."""
     rng = np.random.default_rng(0)
     labels = [{"A": 1}] * 100 + [{"A": 1, "B": 1}] * 20 + [{"B": 1}] * 20 + [{"A": 1}] * 60
     dataset = _dataset(labels)
@@ -95,10 +96,11 @@ def test_calibration_puts_a_rare_and_a_frequent_keyword_on_one_scale():
     pairs = labeled_pairs(dataset)
     predictions = Predictions(np.stack([p_a, p_b], axis=1), pairs, np.tile([0.01, 0.01, 0.98], (len(pairs), 1)))
     has_b = np.array(["B" in l for l in labels])
-    assert rank_reviews(dataset, predictions, calibrated=False)[0] in np.flatnonzero(has_b)
-    order = rank_reviews(dataset, predictions)
+    assert rank_reviews(dataset, predictions, find_label_issues(dataset, predictions, min_support=1))[0] in \
+        np.flatnonzero(has_b)
+    order = rank_reviews(dataset, predictions, calibrated=True)
     assert order[0] == 5
-    issues = find_label_issues(dataset, predictions, min_support=1)
+    issues = find_label_issues(dataset, predictions, min_support=1, calibrated=True)
     assert (issues[0].row, issues[0].kind, issues[0].keyword) == (5, "keyword_extra", "A")
 
 
@@ -270,6 +272,6 @@ def test_an_empty_label_where_almost_every_review_has_a_keyword_ranks_first():
     probs[5, 0] = 0.3  # r5's A label: the weakest keyword label
     pairs = labeled_pairs(dataset)
     predictions = Predictions(probs, pairs, np.array([[0.05, 0.05, 0.9]] * len(pairs)), "toy model")
-    order = rank_reviews(dataset, predictions, calibrated=False)
+    order = rank_reviews(dataset, predictions, find_label_issues(dataset, predictions, min_support=1))
     assert order[0] == 0 and order[1] == 5
-    assert rank_reviews(dataset, predictions)[0] == 0  # calibrated, the empty label is still the most suspect
+    assert rank_reviews(dataset, predictions, calibrated=True)[0] == 0  # calibrated, still the most suspect
