@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reviewlens.audit import (AuditReport, _none_probability, Predictions, audit, bundle_predictions, calibrate, check_rules,
-                              find_label_issues, kfold_indices, labeled_pairs, load_rules, out_of_fold_predictions,
-                              rank_reviews)
+from reviewlens.audit import (AuditReport, _none_probability, Predictions, audit, bundle_predictions, check_rules, find_label_issues,
+                              kfold_indices, labeled_pairs, load_rules, out_of_fold_predictions, rank_reviews)
 from reviewlens.data import Review, ReviewDataset, read_reviews
 from reviewlens.errors import ReviewlensError
 from reviewlens.schema import LabelSchema
@@ -37,7 +36,7 @@ def _toy():
 
 def test_confident_learning_flags_with_per_class_thresholds():
     dataset, predictions = _toy()
-    issues = find_label_issues(dataset, predictions, min_support=1, calibrated=False)
+    issues = find_label_issues(dataset, predictions, min_support=1)
     found = [(i.row, i.kind, i.keyword, i.suggested) for i in issues]
     # ranked by self-confidence: r3's positive label has p=0.02; then r3's A (p=0.05) and r7's missing A (0.05);
     # then r7, labeled with no keyword: p(none) = 0.05 * 0.9 rescaled so that the mean p(none) of the 8 reviews
@@ -63,53 +62,14 @@ def test_ranking_puts_flagged_reviews_first_then_the_least_confident():
     # r6 (A at 0.6, not labeled) is not flagged: 0.6 is below the mean 0.6125 of the labeled A reviews,
     # but it is the least confident of the rest
     assert list(order[:3]) == [3, 7, 6]
-    assert not any(i.row == 6 for i in find_label_issues(dataset, predictions, min_support=1, calibrated=False))
-
-
-def test_calibration_maps_each_keyword_to_the_share_labeled_with_it_and_keeps_its_order():
-    dataset, predictions = _toy()
-    calibrated = calibrate(dataset, predictions)
-    a = calibrated.keyword_probs[:, 0]
-    raw = predictions.keyword_probs[:, 0]
-    assert np.all(np.diff(a[np.argsort(raw)]) >= 0)  # isotonic: the order within the keyword is kept
-    assert np.all((a >= 1e-4) & (a <= 1 - 1e-4))
-    # cross-fitted: r3 (A labeled, raw 0.05) is mapped by a fit on the other folds, where the lowest scores
-    # (0.1, 0.2, not labeled) have no A, and so gets the floor, not its own label
-    assert a[3] == pytest.approx(1e-4)
-    assert a[0] > a[3] and a[1] > a[4]
-    assert np.array_equal(calibrated.sentiment_probs, predictions.sentiment_probs)  # one softmax: left as is
-    assert "keywords calibrated" in calibrated.method
-
-
-def test_calibration_puts_a_rare_and_a_frequent_keyword_on_one_scale():
-    """The model is over-sure of the frequent keyword A and has learned nothing of the rare B (every review
-    gets p(B) ~ 0.005): raw, every B label looks more suspect than r5's A label (p = 0.02, where every other
-    A label is above 0.97); calibrated, a B label is right about 1 time in 5 (B's share) and r5's A label
-    almost never."""
-    rng = np.random.default_rng(0)
-    labels = [{"A": 1}] * 100 + [{"A": 1, "B": 1}] * 20 + [{"B": 1}] * 20 + [{"A": 1}] * 60
-    dataset = _dataset(labels)
-    has_a = np.array(["A" in l for l in labels])
-    p_a = np.where(has_a, rng.uniform(0.97, 1.0, len(labels)), rng.uniform(0.0, 0.03, len(labels)))
-    p_a[5] = 0.02
-    p_b = rng.uniform(0.001, 0.008, len(labels))
-    pairs = labeled_pairs(dataset)
-    predictions = Predictions(np.stack([p_a, p_b], axis=1), pairs, np.tile([0.01, 0.01, 0.98], (len(pairs), 1)))
-    has_b = np.array(["B" in l for l in labels])
-    assert rank_reviews(dataset, predictions, find_label_issues(dataset, predictions, min_support=1))[0] in \
-        np.flatnonzero(has_b)
-    order = rank_reviews(dataset, predictions, calibrated=True)
-    assert order[0] == 5
-    issues = find_label_issues(dataset, predictions, min_support=1, calibrated=True)
-    assert (issues[0].row, issues[0].kind, issues[0].keyword) == (5, "keyword_extra", "A")
+    assert not any(i.row == 6 for i in find_label_issues(dataset, predictions, min_support=1))
 
 
 def test_keywords_with_too_few_labels_are_not_judged_by_the_model():
     dataset, predictions = _toy()  # A is labeled on 4 reviews, B on 2
-    kinds = {i.kind for i in find_label_issues(dataset, predictions, min_support=3, calibrated=False)}
+    kinds = {i.kind for i in find_label_issues(dataset, predictions, min_support=3)}
     assert kinds == {"sentiment", "no_keywords", "keyword_extra", "keyword_missing"}
-    assert {i.kind for i in find_label_issues(dataset, predictions, min_support=5, calibrated=False)} == {
-        "sentiment", "no_keywords"}
+    assert {i.kind for i in find_label_issues(dataset, predictions, min_support=5)} == {"sentiment", "no_keywords"}
     assert "fewer than 10 reviews are not judged by the model" in audit(dataset, predictions).notes[0]
 
 
@@ -274,4 +234,3 @@ def test_an_empty_label_where_almost_every_review_has_a_keyword_ranks_first():
     predictions = Predictions(probs, pairs, np.array([[0.05, 0.05, 0.9]] * len(pairs)), "toy model")
     order = rank_reviews(dataset, predictions, find_label_issues(dataset, predictions, min_support=1))
     assert order[0] == 0 and order[1] == 5
-    assert rank_reviews(dataset, predictions, calibrated=True)[0] == 0  # calibrated, still the most suspect

@@ -10,9 +10,7 @@ that never mention stretch). This module finds such labels for a person to read:
   binary class per review (labeled / not labeled) and a sentiment label is one of the levels. The
   threshold of each class is the mean self-confidence of the examples given that class; a label is
   flagged when the model is at least that sure of another class. Issues are ranked by self-confidence
-  (the probability of the given label), lowest first. Optionally (``calibrated=True``) the keyword
-  probabilities are first calibrated per keyword (``calibrate``: isotonic regression against the given
-  labels), so that a self-confidence means the same for a frequent keyword and a rare one.
+  (the probability of the given label), lowest first.
 - ``TaggingRule`` (``load_rules``; ``rules/fashion.yaml`` ships the seed's guideline) flags reviews
   whose words call for a keyword the labels lack, or forbid one they have.
 
@@ -169,64 +167,6 @@ def _out_of_fold(dataset: ReviewDataset, fit, folds: int, seed: int, method: str
     return Predictions(keyword_probs, pairs, sentiment, method)
 
 
-# -- calibration -----------------------------------------------------------------------------------------
-
-CALIBRATION_FLOOR = 1e-4
-"""Calibrated probabilities are kept in [floor, 1 - floor]: a class never given in a score range is not
-treated as impossible there."""
-
-
-CALIBRATION_FOLDS = 5
-
-
-def _isotonic(scores: np.ndarray, truth: np.ndarray, folds: int = CALIBRATION_FOLDS) -> np.ndarray:
-    """P(truth | score) by isotonic regression (non-decreasing in the score), cross-fitted: each row is
-    mapped by a fit on the other folds (rows dealt round-robin), so that a label alone in its score range
-    does not calibrate itself to its own value."""
-    from sklearn.isotonic import IsotonicRegression
-
-    out = np.empty(len(scores))
-    fold = np.arange(len(scores)) % max(1, min(folds, len(scores) // 2))
-    for f in np.unique(fold):
-        fit, held = fold != f, fold == f
-        if not fit.any():  # a single row: nothing else to calibrate it with
-            fit = held
-        if truth[fit].min() == truth[fit].max():
-            out[held] = float(truth[fit][0])
-        else:
-            out[held] = IsotonicRegression(out_of_bounds="clip").fit(scores[fit], truth[fit]).predict(scores[held])
-    return np.clip(out, CALIBRATION_FLOOR, 1.0 - CALIBRATION_FLOOR)
-
-
-def _given_keywords(dataset: ReviewDataset) -> np.ndarray:
-    """(n, K) 1 where the review is labeled with the keyword."""
-    given = np.zeros((len(dataset), dataset.schema.num_keywords), dtype=int)
-    for i, review in enumerate(dataset.reviews):
-        for keyword in review.labels or {}:
-            given[i, dataset.schema.keyword_index(keyword)] = 1
-    return given
-
-
-def calibrate(dataset: ReviewDataset, predictions: Predictions) -> Predictions:
-    """Keyword probabilities mapped, keyword by keyword, to the share of reviews labeled with it at that score.
-
-    Raw probabilities are not comparable across keywords: a model is over-sure of frequent keywords and
-    unsure of rare ones, so a p(label) of 0.05 is ordinary for one keyword and damning for another. Each
-    keyword column gets its own isotonic regression against the given labels (the order within a keyword
-    is kept). The labels contain the errors being looked for, but at a few percent of a keyword's reviews
-    they move the fit little. The sentiment distributions are left as they are: they come from one softmax
-    over the levels, and a rare level's few labels can be mostly errors, which a fit on them would learn.
-    """
-    keyword_probs = predictions.keyword_probs.copy()
-    given = _given_keywords(dataset)
-    for j in range(keyword_probs.shape[1]):
-        scored = ~np.isnan(keyword_probs[:, j])
-        if scored.any():
-            keyword_probs[scored, j] = _isotonic(keyword_probs[scored, j], given[scored, j])
-    method = predictions.method + (", " if predictions.method else "") + "keywords calibrated (isotonic)"
-    return Predictions(keyword_probs, predictions.pairs, predictions.sentiment_probs, method)
-
-
 # -- confident learning ----------------------------------------------------------------------------------
 
 
@@ -291,20 +231,19 @@ def too_rare(dataset: ReviewDataset, min_support: int = MIN_SUPPORT) -> list[str
     return [k for k in dataset.schema.keywords if counts[k] < min_support]
 
 
-def find_label_issues(dataset: ReviewDataset, predictions: Predictions, min_support: int = MIN_SUPPORT,
-                      calibrated: bool = False) -> list[LabelIssue]:
+def find_label_issues(dataset: ReviewDataset, predictions: Predictions,
+                      min_support: int = MIN_SUPPORT) -> list[LabelIssue]:
     """Confident-learning flags for every keyword label (present/absent) and sentiment label, ranked.
 
-    With ``calibrated`` the keyword probabilities go through ``calibrate`` first (self-confidences are then
-    comparable across keywords; see ``rank_reviews`` for what that trades).
     Keywords labeled on fewer than ``min_support`` reviews are left out of the keyword flags (``too_rare``).
     """
-    if calibrated:
-        predictions = calibrate(dataset, predictions)
     schema = dataset.schema
     reviews = dataset.reviews
     issues: list[LabelIssue] = []
-    given = _given_keywords(dataset)
+    given = np.zeros((len(dataset), schema.num_keywords), dtype=int)
+    for i, review in enumerate(reviews):
+        for keyword in review.labels or {}:
+            given[i, schema.keyword_index(keyword)] = 1
     rare = set(too_rare(dataset, min_support))
     for j, keyword in enumerate(schema.keywords):
         p = predictions.keyword_probs[:, j]
@@ -407,10 +346,12 @@ def _empty_label_issues(dataset: ReviewDataset, given: np.ndarray, keyword_probs
 
 
 def review_self_confidence(dataset: ReviewDataset, predictions: Predictions) -> np.ndarray:
-    """(n,) each review's lowest self-confidence over all its labels (keywords present and absent, levels; for
-    a review labeled with no keyword, also the probability that it mentions none)."""
+    """(n,) each review's lowest self-confidence over all its labels (keywords present and absent, levels)."""
     schema = dataset.schema
-    given = _given_keywords(dataset).astype(bool)
+    given = np.zeros((len(dataset), schema.num_keywords), dtype=bool)
+    for i, review in enumerate(dataset.reviews):
+        for keyword in review.labels or {}:
+            given[i, schema.keyword_index(keyword)] = True
     probs = predictions.keyword_probs
     confidence = np.where(given, probs, 1.0 - probs)
     out = np.nanmin(np.where(np.isnan(confidence), np.inf, confidence), axis=1) if confidence.size \
@@ -425,26 +366,17 @@ def review_self_confidence(dataset: ReviewDataset, predictions: Predictions) -> 
     return np.where(np.isinf(out), 1.0, out)
 
 
-def rank_reviews(dataset: ReviewDataset, predictions: Predictions, issues: Sequence[LabelIssue] | None = None,
-                 calibrated: bool = False) -> np.ndarray:
-    """Review indices, most suspect first.
-
-    Default: flagged reviews (``issues``, or ``find_label_issues``) by their lowest flagged self-confidence,
-    then the others by their lowest self-confidence over all labels (``review_self_confidence``).
-    With ``calibrated``: every review on one scale, by its lowest self-confidence on keyword probabilities
-    calibrated per keyword (``calibrate``), ties broken by the raw one. On the NIKL label-audit benchmark
-    that finds more added/removed keywords and wrong levels (top-10% recall 0.62 vs 0.59) but fewer
-    swapped keywords (0.36 vs 0.47 in a side check), so it is not the default.
-    """
-    raw = review_self_confidence(dataset, predictions)
-    if calibrated:
-        return np.lexsort((raw, review_self_confidence(dataset, calibrate(dataset, predictions))))
+def rank_reviews(dataset: ReviewDataset, predictions: Predictions,
+                 issues: Sequence[LabelIssue] | None = None) -> np.ndarray:
+    """Review indices, most suspect first: flagged reviews by their lowest flagged self-confidence, then the
+    others by their lowest self-confidence over all labels."""
     issues = find_label_issues(dataset, predictions) if issues is None else issues
     flagged = np.full(len(dataset), np.inf)
     for issue in issues:
         if issue.self_confidence is not None:
             flagged[issue.row] = min(flagged[issue.row], issue.self_confidence)
-    return np.lexsort((raw, flagged))
+    overall = review_self_confidence(dataset, predictions)
+    return np.lexsort((overall, flagged))
 
 
 # -- keyword tagging rules ----------------------------------------------------------------------------------
