@@ -273,3 +273,18 @@ def test_marker_rules(tmp_path):
     assert not bases._marker_ok(folder, base)
     (folder / bases.MARKER_NAME).write_text("{half a file", encoding="utf-8")
     assert not bases._marker_ok(folder, base)
+
+
+def test_default_bundle_tells_the_sentiment_of_each_keyword(built, monkeypatch):
+    """The committed default bundle over the freshly built base: the seed's mixed review gets two sentiments."""
+    from reviewlens.analyzer import ReviewAnalyzer
+    from reviewlens.bundle import DEFAULT_BUNDLE
+
+    root, _, _ = built
+    monkeypatch.setenv("REVIEWLENS_CACHE", str(root))
+    analyzer = ReviewAnalyzer.from_pretrained(DEFAULT_BUNDLE)
+    color, mixed = analyzer.analyze(["색이 정말 이뻐요", "품질이 좀 떨어지지만 가격이 싸니까"], top_k=1)
+    assert color.labels == {"색상": 1} and color.keywords[0].highlights[0].word == "색이"
+    assert mixed.labels == {"품질": -1, "가격": 1}
+    by_keyword = {k.keyword: k for k in mixed.keywords}
+    assert by_keyword["품질"].highlights[0].word == "품질이" and by_keyword["가격"].highlights[0].word == "싸니까"
