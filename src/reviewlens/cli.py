@@ -31,6 +31,8 @@ def _setup_logging(verbose: bool = False) -> None:
                         handlers=[handler], force=True)
     for noisy in ("httpx", "urllib3", "filelock", "transformers.modeling_utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # transformers 5 lists every layer of a single-device model as "not sharded" on load: not a problem here
+    logging.getLogger("transformers.distributed.tensor_parallel").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def _fail(exc: Exception) -> None:
