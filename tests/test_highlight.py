@@ -3,6 +3,7 @@
 import random
 
 import numpy as np
+from conftest import CORPUS, build_tiny_base
 
 from reviewlens.analyzer import ReviewAnalyzer
 from reviewlens.data import Review, ReviewDataset
@@ -41,9 +42,11 @@ def _trigger_dataset(n: int = 160, seed: int = 0) -> ReviewDataset:
     return ReviewDataset(reviews, schema, source="trigger")
 
 
-def test_planted_trigger_word_is_the_top_highlight(tiny_base, tmp_path):
+def test_planted_trigger_word_is_the_top_highlight(tmp_path):
     data = _trigger_dataset()
-    config = TrainConfig(base=str(tiny_base), pooling="mean", keyword_epochs=12, sentiment_epochs=12,
+    # a base whose vocabulary holds every word of the task, so 택배 is one piece whatever data is installed
+    base = build_tiny_base(tmp_path / "base", CORPUS + data.texts)
+    config = TrainConfig(base=str(base), pooling="mean", keyword_epochs=12, sentiment_epochs=12,
                          learning_rate=3e-3, batch_size=16, early_stopping_patience=0, warmup_ratio=0.0,
                          class_weighted=False, seed=1)
     train(data, tmp_path / "bundle", config, validation=_trigger_dataset(40, seed=1))
