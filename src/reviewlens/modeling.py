@@ -128,19 +128,29 @@ def keyword_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, marker_i
     return attention_mask * (positions > last).to(attention_mask.dtype)
 
 
-def keyword_marker_id(tokenizer, template: str | None = None) -> int:
-    """The id of the last piece of the sentiment template's text before ``{keyword}`` (``###키워드:``)."""
+def keyword_marker_pieces(tokenizer, template: str | None = None) -> list[int]:
+    """The ids of the sentiment template's text between the review and ``{keyword}`` (``###키워드:``);
+    the last one is the marker after which ``mean_keyword`` pools."""
     from .tasks import SENTIMENT_TEMPLATE
 
     template = template or SENTIMENT_TEMPLATE
     head, sep, _ = template.partition("{keyword}")
     if not sep:
         raise ModelError(f"the sentiment template {template!r} has no {{keyword}} field")
-    prefix = head.split("{review}")[-1].rstrip()
-    ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(head.split("{review}")[-1].rstrip(), add_special_tokens=False)["input_ids"]
     if not ids:
         raise ModelError(f"the sentiment template {template!r} has no text before {{keyword}} to mark it")
-    return int(ids[-1])
+    return list(ids)
+
+
+def keyword_marker_id(tokenizer, template: str | None = None) -> int:
+    """The id of the last piece of ``keyword_marker_pieces``."""
+    return int(keyword_marker_pieces(tokenizer, template)[-1])
+
+
+def last_index(ids: list[int], piece: int) -> int | None:
+    """Position of the last ``piece`` in ``ids`` (None when absent): where the keyword part of an input starts."""
+    return max((i for i, t in enumerate(ids) if t == piece), default=None)
 
 
 def check_keyword_marker(tokenizer, marker_id: int, keywords: list[str], template: str | None = None) -> None:
@@ -149,7 +159,8 @@ def check_keyword_marker(tokenizer, marker_id: int, keywords: list[str], templat
 
     for keyword in keywords:
         ids = tokenizer(sentiment_input("좋아요", keyword, template or SENTIMENT_TEMPLATE))["input_ids"]
-        tail = ids[max(i for i, t in enumerate(ids) if t == marker_id) + 1:] if marker_id in ids else []
+        at = last_index(ids, marker_id)
+        tail = ids[at + 1:] if at is not None else []
         if not tokenizer.decode(tail, skip_special_tokens=True).strip():
             raise ModelError(f"pooling 'mean_keyword': keyword {keyword!r} has no pieces after the marker piece "
                              f"{marker_id} in its tokenized sentiment input; use pooling 'mean'")

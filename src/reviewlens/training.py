@@ -17,8 +17,8 @@ from .bundle import ModelBundle
 from .calibration import fit_thresholds
 from .data import ReviewDataset, atomic_write_text, train_validation_split
 from .errors import ReviewlensError
-from .modeling import (MULTI_LABEL, SINGLE_LABEL, build_classifier, check_keyword_marker, keyword_marker_id,
-                       max_input_length, save_classifier)
+from .modeling import (MULTI_LABEL, SINGLE_LABEL, build_classifier, check_keyword_marker, keyword_marker_pieces,
+                       last_index, max_input_length, save_classifier)
 from .tasks import SENTIMENT_TEMPLATE, TEMPLATES, keyword_examples, sentiment_examples
 
 logger = logging.getLogger(__name__)
@@ -100,16 +100,14 @@ def _encode(tokenizer, texts: list[str], labels: list, max_length: int, keep_key
     """Tokenized examples. With ``keep_keyword`` (sentiment inputs) a long input loses the end of its review,
     never the ``###키워드: …`` tail, as at prediction time (``Scorer.sentiment_visible_chars``)."""
     enc = tokenizer(texts, truncation=not keep_keyword, max_length=max_length)
-    if keep_keyword:
-        marker = keyword_marker_id(tokenizer)
-        marker_pieces = len(tokenizer(SENTIMENT_TEMPLATE.split("{review}")[-1].partition("{keyword}")[0].rstrip(),
-                                      add_special_tokens=False)["input_ids"])
+    marker = keyword_marker_pieces(tokenizer) if keep_keyword else []
     items = []
     for i, label in enumerate(labels):
         ids = enc["input_ids"][i]
         if keep_keyword and len(ids) > max_length:
-            at = max((j for j, t in enumerate(ids) if t == marker), default=len(ids) - 1)
-            tail = ids[max(at - marker_pieces + 1, 0):][-max_length // 2:]
+            at = last_index(ids, marker[-1])
+            at = len(ids) - 1 if at is None else at
+            tail = ids[max(at - len(marker) + 1, 0):][-max_length // 2:]
             ids = ids[:max_length - len(tail)] + tail
         items.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": label})
     return _ListDataset(items)
