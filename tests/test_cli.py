@@ -79,3 +79,11 @@ def test_bad_data_file_names_file_row_and_field(tmp_path, tiny_base):
 def test_missing_model_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["analyze", "--model", str(tmp_path / "nope"), "좋아요"])
     assert result.exit_code == 2 and "not a reviewlens bundle" in result.output
+
+
+def test_a_review_file_given_as_a_review_is_refused(tmp_path):
+    reviews = tmp_path / "reviews.csv"
+    reviews.write_text("id,review\n1,옷은 예쁘지만 배송은 늦어요\n", encoding="utf-8")
+    result = runner.invoke(app, ["analyze", "--model", str(tmp_path / "nope"), str(reviews)])
+    assert result.exit_code == 2
+    assert "is a file, not a review" in result.output and f"--input {reviews}" in result.output

@@ -167,6 +167,15 @@ def print_table(results) -> None:
     Console(width=max(120, Console().width)).print(table)
 
 
+def _refuse_file_paths(texts: list[str]) -> None:
+    """A review argument that names an existing review file is almost surely a missing --input."""
+    from .data import is_review_file
+
+    for text in texts:
+        if is_review_file(text):
+            raise ReviewlensError(f"{text!r} is a file, not a review: analyze a file with --input {text}")
+
+
 @app.command()
 def analyze(
     texts: Optional[list[str]] = typer.Argument(None, help="Reviews to analyse."),
@@ -211,6 +220,7 @@ def analyze(
         if input is not None:
             ids, items = read_texts(input, skip_bad_rows=skip_bad_rows)
         elif texts:
+            _refuse_file_paths(texts)
             ids, items = None, list(texts)
         elif not sys.stdin.isatty():
             items = [line.rstrip("\n") for line in sys.stdin if line.strip()]

@@ -51,6 +51,12 @@ LABEL_COLUMNS = ("labels", "completion")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 
 
+def is_review_file(path: str | os.PathLike) -> bool:
+    """True for an existing file of a type the readers take (CSV, JSONL, Parquet, or .txt for texts)."""
+    path = Path(path)
+    return (path.suffix.lower() in _EXTENSIONS or path.suffix.lower() == ".txt") and path.is_file()
+
+
 @dataclass
 class Review:
     """One review; ``labels`` is ``{keyword: level}``, or None when the review is unlabeled."""
