@@ -95,8 +95,10 @@ def test_distilled_student_with_trimmed_vocabulary_is_smaller_and_loads(tiny_bun
 
     out = tmp_path / "student"
     bundle = compress(tiny_bundle, out, CompressConfig(distill=True, student_layers=1, trim_vocab=True, max_steps=4,
-                                                       batch_size=4), train_data=corpus)
+                                                       batch_size=4, augment=8), train_data=corpus)
     steps = bundle.metrics["compression"]["steps"]["keyword"]
+    assert bundle.config["compress"]["corpus_texts"] == 16 + 8  # the corpus and the texts made from it
+    assert steps["distillation"]["examples"] == 16 + 8
     assert bundle.backend == "torch"
     assert steps["params_after"] < steps["params_before"]
     assert steps["vocabulary"]["after"] < steps["vocabulary"]["before"]
@@ -193,3 +195,33 @@ def test_compressed_copy_of_the_fixture_is_independent(tiny_bundle, tmp_path):
     with pytest.raises(ReviewlensError, match="source bundle"):
         compress(copy, copy, CompressConfig(onnx=True))
     assert {p: p.stat().st_mtime_ns for p in tiny_bundle.rglob("*")} == before
+
+
+def test_augmented_transfer_texts_are_new_mixes_and_masked_copies():
+    from reviewlens.compress.augment import augment_texts, clauses
+
+    assert clauses("옷은 예쁘지만 배송은 늦어요") == ["옷은 예쁘지만", "배송은 늦어요"]
+    assert clauses("사이즈가 딱 맞고 색도 예뻐요, 다만 마감이 아쉬워요") == ["사이즈가 딱 맞고 색도 예뻐요,", "다만 마감이 아쉬워요"]
+    assert clauses("좋아요") == ["좋아요"]
+    made = augment_texts(TEXTS, 10, "<mask>", seed=1)
+    assert len(made) == 10 and len(set(made)) == 10 and not set(made) & set(TEXTS)
+    masked = [t for t in made if "<mask>" in t]
+    mixed = [t for t in made if "<mask>" not in t]
+    assert len(masked) == 5 and len(mixed) == 5
+    pieces = {c for t in TEXTS for c in clauses(t)}
+
+    def joins(text: str, parts: int) -> bool:  # text == " ".join of `parts` clauses of the corpus
+        if parts == 1:
+            return text in pieces
+        return any(text.startswith(c + " ") and joins(text[len(c) + 1:], parts - 1) for c in pieces)
+
+    assert all(joins(t, 2) or joins(t, 3) for t in mixed)
+    assert augment_texts(TEXTS, 10, "<mask>", seed=1) == made  # seeded
+    assert augment_texts(TEXTS, 0, "<mask>") == [] and augment_texts([], 5, "<mask>") == []
+
+
+def test_negative_augment_is_refused():
+    from reviewlens.compress import CompressConfig
+
+    with pytest.raises(ReviewlensError, match="--augment"):
+        CompressConfig(distill=True, augment=-1)

@@ -481,6 +481,9 @@ def compress(
                                              "source bundle on them is recorded in reviewlens.json."),
     epochs: float = typer.Option(3.0, "--epochs", help="Distillation epochs."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap on distillation steps per model."),
+    learning_rate: float = typer.Option(5e-4, "--learning-rate", help="Distillation learning rate."),
+    augment: int = typer.Option(0, "--augment", help="Add this many transfer texts made from the corpus (clause "
+                                "mixes of different reviews and one-word-masked copies) for the teacher to label."),
     recovery_steps: int = typer.Option(300, "--recovery-steps", help="Distillation steps after pruning."),
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="int8 scales per output channel."),
     quantize_embeddings: bool = typer.Option(False, "--quantize-embeddings", help="Quantize the word-embedding "
@@ -496,7 +499,8 @@ def compress(
     try:
         config = CompressConfig(onnx=onnx, int8=int8, per_channel=per_channel, quantize_embeddings=quantize_embeddings,
                                 keep_ffn_output=keep_ffn_output, distill=distill, student_layers=student_layers, trim_vocab=trim_vocab, prune=prune,
-                                epochs=epochs, max_steps=max_steps, recovery_steps=recovery_steps, seed=seed)
+                                epochs=epochs, max_steps=max_steps, recovery_steps=recovery_steps,
+                                learning_rate=learning_rate, augment=augment, seed=seed)
         bundle = run_compress(model, output, config, train_data=train_data, unlabeled=unlabeled,
                               eval_data=eval_data, threads=threads)
     except ReviewlensError as exc:

@@ -46,7 +46,9 @@ class CompressConfig:
     epochs: float = 3.0
     max_steps: int | None = None
     recovery_steps: int = 300
-    learning_rate: float = 1e-4
+    learning_rate: float = 5e-4  # 4-layer keyword student, dev F1: 0.754 at 2e-4 / 1,500 steps, 0.800 at 5e-4 / 3,000
+    recovery_learning_rate: float = 1e-4  # after pruning the model is still close to the teacher
+    augment: int = 0
     batch_size: int = 32
     temperature: float = 2.0
     max_texts: int = 20000
@@ -58,6 +60,8 @@ class CompressConfig:
         if not (self.onnx or self.distill or self.trim_vocab):
             raise ReviewlensError("nothing to do: choose at least one of --onnx, --int8, --distill, --trim-vocab, "
                                   "--prune")
+        if self.augment < 0:
+            raise ReviewlensError(f"--augment must be a count of texts (0 or more), not {self.augment}")
         if self.prune and not 0.0 < self.prune < 1.0:
             raise ReviewlensError(f"--prune must be a ratio between 0 and 1 (e.g. 0.25), not {self.prune}")
 
@@ -162,6 +166,7 @@ def compress(model: str | Path | None, output: str | Path, config: CompressConfi
     from ..modeling import load_classifier, max_input_length, save_classifier
     from ..scoring import KEYWORD, SENTIMENT, TorchScorer
     from ..tasks import SENTIMENT_TEMPLATE
+    from .augment import augment_texts
     from .distill import (DistillSettings, apply_trimmed_vocabulary, distill_model, make_student, refit_normalizer,
                           trim_vocabulary)
     from .onnx import export_classifier
@@ -189,6 +194,8 @@ def compress(model: str | Path | None, output: str | Path, config: CompressConfi
     template = source.templates.get("sentiment", SENTIMENT_TEMPLATE)
     loaded = {which: load_classifier(source.path / which) for which in (KEYWORD, SENTIMENT)}
     teacher = TorchScorer(*loaded[KEYWORD], *loaded[SENTIMENT], template=template)
+    if texts and config.augment:
+        texts += augment_texts(texts, config.augment, teacher.mask_token(KEYWORD), seed=config.seed)
     inputs = {}
     if texts:
         inputs = {KEYWORD: texts, SENTIMENT: _sentiment_inputs(teacher, texts, source)}
@@ -219,7 +226,8 @@ def compress(model: str | Path | None, output: str | Path, config: CompressConfi
         if config.prune:
             record["pruning"] = prune_by_importance(model_, tokenizer, inputs[which], problem_type, config.prune,
                                                     max_length=settings.max_length)
-            recovery = DistillSettings(**{**asdict(settings), "epochs": 1e9, "max_steps": config.recovery_steps})
+            recovery = DistillSettings(**{**asdict(settings), "epochs": 1e9, "max_steps": config.recovery_steps,
+                                          "learning_rate": config.recovery_learning_rate})
             record["recovery"] = distill_model(model_, tokenizer, inputs[which], teacher_logits, problem_type,
                                                recovery, desc=f"recover {which}")
         record["params_after"] = count_parameters(model_)
