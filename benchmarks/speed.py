@@ -379,10 +379,15 @@ def build_variants(args, reference: dict) -> dict[str, Path]:
     if not args.skip_distill:
         plans["student-int8"] = CompressConfig(distill=True, student_layers=args.student_layers, trim_vocab=True,
                                                int8=True, epochs=args.distill_epochs, max_steps=args.distill_max_steps,
-                                               seed=args.seed)
+                                               augment=args.distill_augment, seed=args.seed)
     if args.prune:
         plans["pruned-int8"] = CompressConfig(prune=args.prune, int8=True, recovery_steps=args.recovery_steps,
                                               seed=args.seed)
+    if args.variants:
+        unknown = sorted(set(args.variants) - set(plans))
+        if unknown:
+            raise SystemExit(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(plans)}")
+        plans = {name: config for name, config in plans.items() if name in args.variants}
     paths = {}
     for name, config in plans.items():
         path = args.workdir / name
@@ -424,9 +429,14 @@ def main() -> None:
                              "use with --threads 1).")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--skip-distill", action="store_true")
+    parser.add_argument("--variants", nargs="+", help="Only these compressed variants (torch fp32 and the naive "
+                        "reference are always measured), e.g. onnx-int8 student-int8.")
+    parser.add_argument("--no-attribution", action="store_true", help="Skip the occlusion vs gradient table.")
     parser.add_argument("--student-layers", type=int, default=4)
     parser.add_argument("--distill-epochs", type=float, default=3.0)
     parser.add_argument("--distill-max-steps", type=int, help="Cap on distillation steps per model (quick: 300).")
+    parser.add_argument("--distill-augment", type=int,
+                        help="Transfer texts made from the corpus for the student (default 10000, quick 0).")
     parser.add_argument("--prune", type=float, default=0.0, help="Also build a head-pruned int8 variant.")
     parser.add_argument("--recovery-steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
@@ -452,6 +462,8 @@ def main() -> None:
     args.attribution_reviews = args.attribution_reviews or (100 if args.quick else 200)
     if args.quick and args.distill_max_steps is None:
         args.distill_max_steps = 300
+    if args.distill_augment is None:
+        args.distill_augment = 0 if args.quick else 10000
     if args.no_unlabeled or not args.unlabeled.exists():
         args.unlabeled = None
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -485,8 +497,9 @@ def main() -> None:
         results[name] = run_worker("analyzer", args, bundle=path, texts=texts_file)
         manifest = json.loads((path / "reviewlens.json").read_text(encoding="utf-8"))
         results[name]["eval"] = manifest["metrics"]["compression"]["eval"]
-    attribution = run_worker("attribution", args, bundle=args.model, texts=attribution_file,
-                             speed_reviews=min(args.reviews, args.attribution_reviews))
+    attribution = None if args.no_attribution else run_worker(
+        "attribution", args, bundle=args.model, texts=attribution_file,
+        speed_reviews=min(args.reviews, args.attribution_reviews))
 
     # -- tables ------------------------------------------------------------------------------------------------
     clock = args.clock
@@ -556,7 +569,13 @@ def main() -> None:
               f"{fmt_ratio(r['plain_vs_torch'])} plain, {fmt_ratio(r['highlight_vs_torch'])} with highlights, "
               f"{r['f1_loss_points']:+.2f} points, size {ratio:.3f} of torch fp32 -> {'met' if ok else 'NOT met'}")
 
+    if args.json:
+        args.json.write_text(json.dumps({"roofline": roof, "results": results, "rows": rows,
+                                         "attribution": attribution}, ensure_ascii=False, indent=2), encoding="utf-8")
     a = attribution
+    if a is None:
+        print(f"\ntotal benchmark time {time.perf_counter() - started:.0f}s")
+        return
     print(f"\n## Highlights: occlusion vs gradient x input (torch fp32; speed on {a['speed_reviews']} reviews, "
           f"agreement on {a['agreement_reviews']} dev reviews)\n")
     print(f"| method | analyze with highlights {unit} | x occlusion | keyword top-1 agreement | keyword Kendall tau | "
@@ -568,9 +587,6 @@ def main() -> None:
           f"({a['keyword']['pairs']} pairs) | {a['keyword']['kendall_tau']:.3f} | {a['sentiment']['top1']:.3f} "
           f"({a['sentiment']['pairs']} pairs) | {a['sentiment']['kendall_tau']:.3f} |")
     print(f"\ntotal benchmark time {time.perf_counter() - started:.0f}s")
-    if args.json:
-        args.json.write_text(json.dumps({"roofline": roof, "results": results, "rows": rows,
-                                         "attribution": attribution}, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":
