@@ -218,6 +218,8 @@ def test_augmented_transfer_texts_are_new_mixes_and_masked_copies():
     assert all(joins(t, 2) or joins(t, 3) for t in mixed)
     assert augment_texts(TEXTS, 10, "<mask>", seed=1) == made  # seeded
     assert augment_texts(TEXTS, 0, "<mask>") == [] and augment_texts([], 5, "<mask>") == []
+    assert augment_texts(["좋아요"], 5, "<mask>") == []  # one one-word review: nothing to mix or mask
+    assert sorted(augment_texts(["좋아요", "별로"], 5, "<mask>")) == ["별로 좋아요", "좋아요 별로"]  # mixes only
 
 
 def test_negative_augment_is_refused():

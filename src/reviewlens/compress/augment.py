@@ -36,21 +36,21 @@ def augment_texts(texts: Sequence[str], count: int, mask_token: str, *, seed: in
     if count <= 0 or not texts:
         return []
     rng = np.random.default_rng(seed)
-    pool = [c for t in texts for c in clauses(t)]
+    by_review = [c for c in (clauses(t) for t in texts) if c]
+    maskable = [(t, words) for t in texts if len(words := whitespace_words(t)) >= 2]
     seen = set(texts)
     out: list[str] = []
     attempts = 0
     while len(out) < count and attempts < 20 * count:
         attempts += 1
-        if len(out) % 2 == 0 and len(pool) > 1:
-            picks = rng.choice(len(pool), size=int(rng.integers(2, 4)), replace=False)
-            text = " ".join(pool[i] for i in picks)
-        else:
-            source = texts[int(rng.integers(len(texts)))]
-            words = whitespace_words(source)
-            if len(words) < 2:
-                continue
+        if len(by_review) > 1 and (len(out) % 2 == 0 or not maskable):
+            picks = rng.choice(len(by_review), size=min(int(rng.integers(2, 4)), len(by_review)), replace=False)
+            text = " ".join(by_review[i][int(rng.integers(len(by_review[i])))] for i in picks)
+        elif maskable:
+            source, words = maskable[int(rng.integers(len(maskable)))]
             text = masked_variants(source, [words[int(rng.integers(len(words)))]], mask_token)[0]
+        else:
+            break  # one review of one word: nothing to mix or mask
         if text not in seen:
             seen.add(text)
             out.append(text)
