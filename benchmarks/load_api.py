@@ -67,7 +67,13 @@ class LevelResult:
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
 
 
-def load_reviews() -> list[str]:
+def load_reviews(path: Path | None = None) -> list[str]:
+    """The review texts requests cycle through: ``path`` (any file reviewlens reads) or the bundled examples."""
+    if path is not None:
+        sys.path.insert(0, str(ROOT / "src"))
+        from reviewlens.data import read_reviews
+
+        return [r.text for r in read_reviews(path, ignore_labels=True).reviews if r.text.strip()]
     if EXAMPLES.exists():
         with open(EXAMPLES, encoding="utf-8") as fh:
             texts = [row["text"] for row in csv.DictReader(fh) if row.get("text")]
@@ -279,6 +285,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=None, help="Requests per concurrency level.")
     parser.add_argument("--time-limit", type=float, default=None, help="Seconds per level before it stops sending.")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
+    parser.add_argument("--reviews", type=Path, default=None, help="Cycle the reviews of this file (e.g. "
+                        "../shared/data/aihub-absa-fashion/dev.jsonl, real lengths) instead of examples/.")
     parser.add_argument("--reviews-per-request", type=int, default=1)
     parser.add_argument("--highlights", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--modes", default="batching,serial", help="batching, serial or both (comma-separated).")
@@ -302,9 +310,10 @@ def main() -> None:
     model = args.model or (DEFAULT_MODEL if (DEFAULT_MODEL / "reviewlens.json").exists() else None)
     if model is None:
         raise SystemExit(f"no --model given and {DEFAULT_MODEL} does not exist; pass --model BUNDLE_DIR")
-    reviews = load_reviews()
+    reviews = load_reviews(args.reviews)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    print(f"model {model}; {os.cpu_count()} CPU core(s), load average {os.getloadavg()[0]:.1f} at start; "
+    print(f"model {model}; {len(reviews)} distinct reviews from {args.reviews or EXAMPLES.relative_to(ROOT)}; "
+          f"{os.cpu_count()} CPU core(s), load average {os.getloadavg()[0]:.1f} at start; "
           f"{args.requests} requests a level (bound {args.time_limit:.0f} s), {args.reviews_per_request} review(s) a "
           f"request, highlights {'on' if args.highlights else 'off'}, batch wait {args.batch_wait_ms} ms, "
           f"max batch {args.max_batch}, server torch threads {args.threads or 'default'}, {args.rounds} alternating "
