@@ -50,11 +50,16 @@ def build_tiny_base(directory: Path, texts: list[str], vocab_size: int = 400, se
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A tiny local base model whose tokenizer knows the example and NIKL vocabulary."""
+    from reviewlens.data import read_reviews
+    from reviewlens.tasks import sentiment_input
+
     texts = list(CORPUS)
     if (EXAMPLES / "fashion_reviews.csv").exists():
-        import pandas as pd
-
-        texts += pd.read_csv(EXAMPLES / "fashion_reviews.csv")["text"].astype(str).tolist()
+        examples = read_reviews(EXAMPLES / "fashion_reviews.csv")
+        texts += examples.texts
+        # the sentiment template's own pieces (###입력:, ###키워드:) and every example keyword: without them,
+        # where ../shared/data is absent, the template is all [UNK] and 'mean_keyword' pooling cannot find the keyword
+        texts += [sentiment_input(r.text, keyword) for r in examples.reviews for keyword in r.labels or {}]
     if (NIKL / "train.jsonl").exists():
         import json
 
