@@ -100,3 +100,21 @@ def test_long_sentiment_inputs_lose_the_review_end_not_the_keyword(tiny_base):
     assert ids[-tail:] == full[-tail:] and ids[:32 - tail] == full[:32 - tail]
     short = _encode(tok, [sentiment_input("색이 예뻐요", "색상")], [1], max_length=32, keep_keyword=True)[0]
     assert short["input_ids"] == tok(sentiment_input("색이 예뻐요", "색상"))["input_ids"]
+
+
+def test_load_report_of_the_unused_pooler_only_is_dropped():
+    """transformers' load report is noise when it lists just the pooler that mean pooling leaves out."""
+    import logging
+
+    from reviewlens.modeling import _UnusedPoolerReport
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("transformers.modeling_utils", logging.WARNING, __file__, 1, message, None, None)
+
+    head = "BertModel LOAD REPORT from: /cache/e5\nKey | Status | | \n----+----\n"
+    pooler = "pooler.dense.weight | UNEXPECTED |  | \npooler.dense.bias   | UNEXPECTED |  | \n"
+    report = _UnusedPoolerReport()
+    assert not report.filter(record(head + pooler + "\nNotes:\n- UNEXPECTED: can be ignored"))
+    assert report.filter(record(head + pooler + "encoder.layer.0.attention.self.query.weight | MISSING |  | \n"))
+    assert report.filter(record(head + "pooler.dense.weight | MISMATCH |  | \n"))
+    assert report.filter(record("some other warning"))

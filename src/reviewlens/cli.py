@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +34,9 @@ def _setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # transformers 5 lists every layer of a single-device model as "not sharded" on load: not a problem here
     logging.getLogger("transformers.distributed.tensor_parallel").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    if not verbose:  # a per-load "Loading weights" bar and peft's use of a renamed attribute: noise in a table
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is first imported
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def _fail(exc: Exception) -> None:

@@ -16,6 +16,9 @@ A model directory holds the encoder (full weights, or a LoRA adapter over a name
 from __future__ import annotations
 
 import json
+import logging
+import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -181,11 +184,37 @@ def _apply_lora(encoder: nn.Module, r: int, alpha: int | None, dropout: float) -
     return peft.get_peft_model(encoder, config)
 
 
+_REPORT_ROW = re.compile(r"^(\S+)\s*\|\s*(MISSING|UNEXPECTED|MISMATCH)", re.MULTILINE)
+
+
+class _UnusedPoolerReport(logging.Filter):
+    """Drops transformers' load report when all it lists is the checkpoint's pooler, left out on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        rows = _REPORT_ROW.findall(message)
+        return not rows or not all(key.startswith("pooler.") and status == "UNEXPECTED" for key, status in rows)
+
+
+@contextmanager
+def _quiet_unused_pooler():
+    logger = logging.getLogger("transformers.modeling_utils")
+    report_filter = _UnusedPoolerReport()
+    logger.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(report_filter)
+
+
 def load_encoder(path: str | Path) -> nn.Module:
-    """The bare encoder (no pooler: mean pooling does not use it)."""
+    """The bare encoder (no pooler: mean pooling does not use it, so the checkpoint's pooler is not reported)."""
     config = AutoConfig.from_pretrained(path)
     if config.model_type in ("bert", "roberta", "xlm-roberta", "camembert"):
-        return AutoModel.from_pretrained(path, add_pooling_layer=False)
+        with _quiet_unused_pooler():
+            return AutoModel.from_pretrained(path, add_pooling_layer=False)
     return AutoModel.from_pretrained(path)
 
 
