@@ -175,8 +175,16 @@ def set_threads(threads: int) -> None:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory. On Linux from VmHWM: ``ru_maxrss`` survives execve, so a worker
+    started by a parent that had grown to 8 GB would report the parent's 8 GB."""
     import resource
 
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
