@@ -132,7 +132,7 @@ def main() -> None:
         noisy, truth = inject_noise(clean, args.noise, seed)
         predictions, alpha = best_out_of_fold(noisy, features, args.folds, seed)
         issues = find_label_issues(noisy, predictions)
-        order = rank_reviews(noisy, predictions, issues)
+        order = rank_reviews(noisy, predictions)
         top = set(order[:n_top].tolist())
         flagged = {i.row for i in issues}
         noisy_rows = set(truth)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from reviewlens.audit import (AuditReport, _none_probability, Predictions, audit, bundle_predictions, check_rules, find_label_issues,
-                              kfold_indices, labeled_pairs, load_rules, out_of_fold_predictions, rank_reviews)
+                              kfold_indices, labeled_pairs, load_rules, out_of_fold_predictions, rank_reviews,
+                              review_self_confidence)
 from reviewlens.data import Review, ReviewDataset, read_reviews
 from reviewlens.errors import ReviewlensError
 from reviewlens.schema import LabelSchema
@@ -56,13 +57,33 @@ def test_confident_learning_flags_with_per_class_thresholds():
     assert issues[0].threshold == pytest.approx(np.mean([0.9, 0.9, 0.9, 0.9, 0.02]))  # level 1 over its 5 pairs
 
 
-def test_ranking_puts_flagged_reviews_first_then_the_least_confident():
+def test_ranking_puts_the_least_confident_reviews_first():
     dataset, predictions = _toy()
-    order = rank_reviews(dataset, predictions, find_label_issues(dataset, predictions, min_support=1))
+    order = rank_reviews(dataset, predictions)
     # r6 (A at 0.6, not labeled) is not flagged: 0.6 is below the mean 0.6125 of the labeled A reviews,
     # but it is the least confident of the rest
     assert list(order[:3]) == [3, 7, 6]
+    issues = find_label_issues(dataset, predictions, min_support=1)
+    assert [i.rank_score for i in issues] == sorted(i.rank_score for i in issues)  # the report's order
+    assert issues[0].rank_score == pytest.approx(1 / 8)  # r3's level: the least probable of the 8 reviews' levels
     assert not any(i.row == 6 for i in find_label_issues(dataset, predictions, min_support=1))
+
+
+def test_ranking_compares_labels_with_labels_of_their_own_type():
+    """A keyword the model is unsure of everywhere (p(A) 0.01-0.10 on all ten A labels) must not fill the top
+    of the list ahead of the one sentiment label that stands out among its peers (0.2 where the others
+    have 0.9): by raw self-confidence r12 would come 11th; ranked within its type it ties r0 and comes 2nd."""
+    labels = [{"A": 1}] * 10 + [{"B": 1}] * 10
+    dataset = _dataset(labels)
+    probs = np.array([[0.01 * (i + 1), 0.01] for i in range(10)] + [[0.01, 0.95]] * 10)
+    pairs = labeled_pairs(dataset)
+    dists = np.array([[0.05, 0.05, 0.9]] * len(pairs))
+    dists[pairs.index((12, "B"))] = [0.7, 0.1, 0.2]
+    predictions = Predictions(probs, pairs, dists, "toy model")
+    raw = np.argsort(review_self_confidence(dataset, predictions), kind="stable")
+    assert raw.tolist().index(12) == 10
+    order = rank_reviews(dataset, predictions)
+    assert order[:3].tolist() == [0, 12, 1]
 
 
 def test_keywords_with_too_few_labels_are_not_judged_by_the_model():
@@ -232,5 +253,5 @@ def test_an_empty_label_where_almost_every_review_has_a_keyword_ranks_first():
     probs[5, 0] = 0.3  # r5's A label: the weakest keyword label
     pairs = labeled_pairs(dataset)
     predictions = Predictions(probs, pairs, np.array([[0.05, 0.05, 0.9]] * len(pairs)), "toy model")
-    order = rank_reviews(dataset, predictions, find_label_issues(dataset, predictions, min_support=1))
+    order = rank_reviews(dataset, predictions)
     assert order[0] == 0 and order[1] == 5
