@@ -147,7 +147,7 @@ def main() -> None:
         print(f"  seed {seed}: top-{args.top:.0%} recall {rows[-1]['top_recall']:.3f} "
               f"({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
 
-    print(f"\nLabel audit on NIKL train ({len(clean)} labeled reviews): {args.noise:.0%} of reviews given one "
+    print(f"\nLabel audit on {args.data.parent.name}/{args.data.name} ({len(clean)} labeled reviews): {args.noise:.0%} of reviews given one "
           f"error (keyword on / off / sentiment level, equal shares), {args.folds}-fold out-of-fold "
           f"probabilities, {args.seeds} noise seed(s){' (quick mode)' if args.quick else ''}.")
     print("Model: FastReviewModel (TF-IDF char 1-3-grams + SGD logistic regressions), not a transformer; its L2 "

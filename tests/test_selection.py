@@ -240,3 +240,23 @@ def test_a_labeling_round_through_the_cli(tiny_bundle, tmp_path):
     bad = runner.invoke(app, ["select", "--model", str(tiny_bundle), "--pool", str(EXAMPLES / "fashion_reviews.csv"),
                               "--strategy", "entropy", "--output", str(tmp_path / "x.csv")])
     assert bad.exit_code == 2 and "unknown strategy" in bad.output
+
+
+def test_fast_model_tells_the_sentiment_of_each_keyword_apart():
+    """Two reviews with the same two keywords and opposite levels per keyword: text and keyword features that
+    only add up (the keyword one-hot) cannot fit this; the per-keyword copy of the text features can."""
+    from reviewlens.baselines import FastModelConfig, FastReviewModel
+    from reviewlens.data import Review, ReviewDataset
+    from reviewlens.schema import LabelSchema
+
+    schema = LabelSchema(["디자인", "배송"], [-1, 1])
+    reviews = [Review(f"a{i}", "옷은 예쁘지만 배송은 늦어요", {"디자인": 1, "배송": -1}) for i in range(10)]
+    reviews += [Review(f"b{i}", "옷은 별로인데 배송은 빨라요", {"디자인": -1, "배송": 1}) for i in range(10)]
+    data = ReviewDataset(reviews, schema, "toy")
+    texts = ["옷은 예쁘지만 배송은 늦어요", "옷은 예쁘지만 배송은 늦어요", "옷은 별로인데 배송은 빨라요", "옷은 별로인데 배송은 빨라요"]
+    keywords = ["디자인", "배송", "디자인", "배송"]
+    right = [1, 0, 0, 1]  # index of the gold level in [-1, 1]
+    for weight, expect in ((0.0, False), (1.0, True)):
+        model = FastReviewModel(schema, FastModelConfig(threshold_folds=0, keyword_interactions=weight)).fit(data)
+        probs = model.sentiment_probs(texts, keywords)
+        assert bool((probs.argmax(axis=1) == right).all()) is expect, (weight, probs.round(2))
