@@ -32,7 +32,8 @@ from reviewlens.evaluation import evaluate_predictions  # noqa: E402
 from reviewlens.selection import DEFAULT_STRATEGY, SelectionContext, make_strategy, select  # noqa: E402
 
 NIKL = ROOT.parent / "shared" / "data" / "nikl-absa-2022"
-STRATEGIES = {"random": "random", "keyword-boundary": "keyword-boundary", "sentiment-margin": "sentiment-margin",
+STRATEGIES = {"random": "random", "keyword-boundary": "keyword-boundary", "keyword-entropy": "keyword-entropy",
+              "sentiment-margin": "sentiment-margin",
               "rare-text": "rare-text", "outliers": "outliers", "mix": DEFAULT_STRATEGY}
 
 

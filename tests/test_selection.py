@@ -9,7 +9,8 @@ import pytest
 
 from reviewlens.data import read_reviews
 from reviewlens.errors import DataError, ModelError, ReviewlensError
-from reviewlens.selection import (BATCH_COLUMNS, BundleSelectionModel, KeywordBoundary, Outliers, RandomStrategy,
+from reviewlens.selection import (BATCH_COLUMNS, BundleSelectionModel, KeywordBoundary, KeywordEntropy, Outliers,
+                                  RandomStrategy,
                                   RareText, SelectionContext, SentimentMargin, WeightedMix, largest_remainder,
                                   load_or_train_sentencepiece, make_strategy, normalize_text, select,
                                   train_sentencepiece)
@@ -50,6 +51,20 @@ def test_keyword_boundary_prefers_probabilities_at_their_threshold():
     assert scores == pytest.approx([1.0, 0.2, 1.0, 0.5])
     chosen = select(ctx, KeywordBoundary(), 3, near_duplicate=None)
     assert set(chosen.indices[:2]) == {0, 2} and chosen.indices[2] == 3
+
+
+def test_keyword_entropy_adds_up_the_doubt_about_every_keyword():
+    # one: 디자인 exactly at its threshold, the rest sure; many: three keywords at 0.3
+    probs = {"one": [0.5, 0.02, 0.98], "many": [0.3, 0.3, 0.3], "sure": [0.0, 1.0, 0.0]}
+    ctx = SelectionContext(list(probs), FakeModel(probs, thresholds={k: 0.5 for k in KEYWORDS}))
+
+    def h(p):
+        return -(p * np.log(p) + (1 - p) * np.log(1 - p))
+
+    scores = KeywordEntropy().score(ctx)
+    assert scores == pytest.approx([h(0.5) + 2 * h(0.02), 3 * h(0.3), 0.0], abs=1e-6)
+    assert select(ctx, make_strategy("keyword-entropy"), 1, near_duplicate=None).indices == [1]
+    assert select(ctx, KeywordBoundary(), 1, near_duplicate=None).indices == [0]  # the single closest keyword
 
 
 def test_sentiment_margin_is_the_seeds_formula_over_predicted_keywords():
