@@ -228,6 +228,9 @@ def test_fast_mode_report_and_cli(tiny_bundle, tmp_path):
 
     table = pd.read_csv(tmp_path / "a.csv")
     assert list(table.columns)[:4] == ["rank", "id", "kind", "keyword"] and len(table) == len(report.issues)
+    model_rows = table[table["kind"] != "rule"]
+    assert len(model_rows) and model_rows["rank_score"].between(0, 1).all()  # each model issue has its rank
+    assert model_rows["rank_score"].is_monotonic_increasing  # and the report is ordered by it
     result = CliRunner().invoke(app, ["audit", "--data", str(EXAMPLES / "fashion_reviews.csv"), "--rules-only",
                                       "--rules", "fashion", "--output", str(tmp_path / "a.md")])
     assert result.exit_code == 0 and "| label | support" in (tmp_path / "a.md").read_text(encoding="utf-8")

@@ -628,6 +628,7 @@ class AuditReport:
                         "given": issue.given, "suggested": issue.suggested,
                         "self_confidence": None if issue.self_confidence is None else round(issue.self_confidence, 4),
                         "threshold": None if issue.threshold is None else round(issue.threshold, 4),
+                        "rank_score": None if issue.rank_score is None else round(issue.rank_score, 4),
                         "rule": issue.rule, "detail": issue.detail,
                         "labels": schema.format(review.labels) if review.labels is not None else "",
                         "text": review.text})
@@ -653,15 +654,16 @@ class AuditReport:
             head.append(f"Rules: {self.rules}.")
         head += [f"- {note}" for note in self.notes]
         head += ["", "## Per label", "", self.summary_markdown(), "", "## Issues, most suspect first", "",
-                 "| rank | id | kind | given | suggested | self-confidence | rule | text |",
-                 "| ---: | --- | --- | --- | --- | ---: | --- | --- |"]
+                 "| rank | id | kind | given | suggested | self-confidence | rank score | rule | text |",
+                 "| ---: | --- | --- | --- | --- | ---: | ---: | --- | --- |"]
 
         def cell(value) -> str:
             return str("" if value is None else value).replace("|", "\\|").replace("\n", " ")
 
         for row in self.rows()[:max_rows]:
             head.append(f"| {row['rank']} | {cell(row['id'])} | {row['kind']} | {cell(row['given'])} | "
-                        f"{cell(row['suggested'])} | {cell(row['self_confidence'])} | {cell(row['rule'])} | "
+                        f"{cell(row['suggested'])} | {cell(row['self_confidence'])} | {cell(row['rank_score'])} | "
+                        f"{cell(row['rule'])} | "
                         f"{cell(row['text'])} |")
         if len(self.issues) > max_rows:
             head.append(f"\n... and {len(self.issues) - max_rows} more (write a .csv report for all of them)")
