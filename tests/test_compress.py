@@ -116,6 +116,24 @@ def test_distilled_student_with_trimmed_vocabulary_is_smaller_and_loads(tiny_bun
     assert len(results) == len(TEXTS)
 
 
+def test_student_of_the_sentiment_model_only_keeps_the_keyword_models_layers(tiny_bundle, corpus, tmp_path):
+    from reviewlens.compress import CompressConfig, compress
+
+    config = CompressConfig(distill=True, student_layers=1, student_models=("sentiment",), trim_vocab=True,
+                            max_steps=2, batch_size=4)
+    assert config.variant == "student1-sentiment-trim-fp32"
+    bundle = compress(tiny_bundle, tmp_path / "student", config, train_data=corpus)
+    steps = bundle.metrics["compression"]["steps"]
+    assert "distillation" not in steps["keyword"] and steps["sentiment"]["distillation"]["steps"] == 2
+    layers = {which: json.loads((tmp_path / "student" / which / "config.json").read_text())["num_hidden_layers"]
+              for which in ("keyword", "sentiment")}
+    teacher_layers = json.loads((tiny_bundle / "keyword" / "config.json").read_text())["num_hidden_layers"]
+    assert layers == {"keyword": teacher_layers, "sentiment": 1} and teacher_layers > 1
+    assert steps["keyword"]["vocabulary"]["after"] < steps["keyword"]["vocabulary"]["before"]  # still trimmed
+    with pytest.raises(ReviewlensError, match="student-models"):
+        CompressConfig(distill=True, student_models=("keywords",))
+
+
 def test_pruned_bundle_has_fewer_heads_and_loads(tiny_bundle, corpus, tmp_path):
     from reviewlens.compress import CompressConfig, compress
 

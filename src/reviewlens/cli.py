@@ -475,6 +475,8 @@ def compress(
     distill: bool = typer.Option(False, "--distill", help="Distil into a student with fewer layers (needs "
                                  "--train-data)."),
     student_layers: int = typer.Option(4, "--student-layers", help="Encoder layers of the student."),
+    student_models: str = typer.Option("keyword,sentiment", "--student-models", help="Which models --distill "
+                                       "shrinks (comma-separated); the others keep their layers."),
     trim_vocab: bool = typer.Option(False, "--trim-vocab", help="Keep only the word pieces of the training texts."),
     prune: float = typer.Option(0.0, "--prune", help="Remove this ratio of attention heads in every layer, then "
                                 "recover by distillation (implies --onnx)."),
@@ -502,7 +504,9 @@ def compress(
 
     try:
         config = CompressConfig(onnx=onnx, int8=int8, per_channel=per_channel, quantize_embeddings=quantize_embeddings,
-                                keep_ffn_output=keep_ffn_output, distill=distill, student_layers=student_layers, trim_vocab=trim_vocab, prune=prune,
+                                keep_ffn_output=keep_ffn_output, distill=distill, student_layers=student_layers,
+                                student_models=tuple(m.strip() for m in student_models.split(",") if m.strip()),
+                                trim_vocab=trim_vocab, prune=prune,
                                 epochs=epochs, max_steps=max_steps, recovery_steps=recovery_steps,
                                 learning_rate=learning_rate, augment=augment, seed=seed)
         bundle = run_compress(model, output, config, train_data=train_data, unlabeled=unlabeled,

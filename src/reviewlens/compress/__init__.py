@@ -41,6 +41,10 @@ class CompressConfig:
     keep_ffn_output: bool = False
     distill: bool = False
     student_layers: int = 4
+    # which models --distill shrinks; the others keep their layers (and still get --trim-vocab, ONNX, int8).
+    # Highlights cost mostly sentiment passes (one per word per keyword), so a sentiment-only student keeps
+    # the keyword model's accuracy and most of the speed.
+    student_models: tuple[str, ...] = ("keyword", "sentiment")
     trim_vocab: bool = False
     prune: float = 0.0
     epochs: float = 3.0
@@ -60,6 +64,10 @@ class CompressConfig:
         if not (self.onnx or self.distill or self.trim_vocab):
             raise ReviewlensError("nothing to do: choose at least one of --onnx, --int8, --distill, --trim-vocab, "
                                   "--prune")
+        unknown = sorted(set(self.student_models) - {"keyword", "sentiment"})
+        if unknown or not self.student_models:
+            raise ReviewlensError(f"--student-models takes keyword and/or sentiment, not {', '.join(unknown) or 'none'}")
+        self.student_models = tuple(m for m in ("keyword", "sentiment") if m in self.student_models)
         if self.augment < 0:
             raise ReviewlensError(f"--augment must be a count of texts (0 or more), not {self.augment}")
         if self.prune and not 0.0 < self.prune < 1.0:
@@ -74,7 +82,8 @@ class CompressConfig:
         """A short name, e.g. ``student4-trim-onnx-int8``."""
         parts = []
         if self.distill:
-            parts.append(f"student{self.student_layers}")
+            only = "" if len(self.student_models) == 2 else f"-{self.student_models[0]}"
+            parts.append(f"student{self.student_layers}{only}")
         if self.trim_vocab:
             parts.append("trim")
         if self.prune:
@@ -209,7 +218,8 @@ def compress(model: str | Path | None, output: str | Path, config: CompressConfi
         problem_type = model_.head_config.problem_type
         record: dict = {"params_before": count_parameters(model_)}
         settings.max_length = max_input_length(model_, tokenizer)
-        teacher_logits = teacher.logits(which, inputs[which]) if inputs else None
+        distill_this = config.distill and which in config.student_models
+        teacher_logits = teacher.logits(which, inputs[which]) if inputs and (distill_this or config.prune) else None
         if config.needs_texts:
             model_ = copy.deepcopy(model_)  # the teacher stays intact for soft labels and the F1 comparison
         if config.trim_vocab:
@@ -217,7 +227,7 @@ def compress(model: str | Path | None, output: str | Path, config: CompressConfi
             apply_trimmed_vocabulary(model_, trimmed)
             tokenizer = trimmed.tokenizer
             record["vocabulary"] = {"before": trimmed.original_size, "after": trimmed.size}
-        if config.distill:
+        if distill_this:
             model_ = make_student(model_, config.student_layers)
             record["student_layers"] = config.student_layers
             record["normalizer_refit"] = refit_normalizer(model_, tokenizer, inputs[which], settings.max_length)
