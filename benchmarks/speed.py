@@ -386,6 +386,7 @@ def build_variants(args, reference: dict) -> dict[str, Path]:
              "onnx-int8-ffn32": CompressConfig(int8=True, keep_ffn_output=True)}
     if not args.skip_distill:
         plans["student-int8"] = CompressConfig(distill=True, student_layers=args.student_layers, trim_vocab=True,
+                                               student_models=tuple(args.student_models.split(",")),
                                                int8=True, epochs=args.distill_epochs, max_steps=args.distill_max_steps,
                                                augment=args.distill_augment, seed=args.seed)
     if args.prune:
@@ -441,6 +442,8 @@ def main() -> None:
                         "reference are always measured), e.g. onnx-int8 student-int8.")
     parser.add_argument("--no-attribution", action="store_true", help="Skip the occlusion vs gradient table.")
     parser.add_argument("--student-layers", type=int, default=4)
+    parser.add_argument("--student-models", default="keyword,sentiment",
+                        help="Models the student distils (e.g. sentiment: the keyword model keeps its layers).")
     parser.add_argument("--distill-epochs", type=float, default=3.0)
     parser.add_argument("--distill-max-steps", type=int, help="Cap on distillation steps per model (quick: 300).")
     parser.add_argument("--distill-augment", type=int,
