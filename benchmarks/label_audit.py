@@ -30,7 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from reviewlens.audit import Predictions, find_label_issues, out_of_fold_predictions, rank_reviews  # noqa: E402
+from reviewlens.audit import (Predictions, find_label_issues, given_keywords, out_of_fold_predictions,  # noqa: E402
+                              rank_reviews)
 from reviewlens.baselines import FastModelConfig, FastReviewModel, TfidfFeatures  # noqa: E402
 from reviewlens.data import ReviewDataset, read_reviews  # noqa: E402
 
@@ -80,10 +81,7 @@ ALPHAS = (1e-5, 3e-5, 1e-4)
 def log_loss(dataset: ReviewDataset, predictions: Predictions) -> float:
     """Mean per review of the out-of-fold log loss of its given labels: every keyword (present or absent,
     binary) plus the level of every labeled keyword."""
-    given = np.zeros(predictions.keyword_probs.shape, dtype=bool)
-    for i, review in enumerate(dataset.reviews):
-        for keyword in review.labels:
-            given[i, dataset.schema.keyword_index(keyword)] = True
+    given = given_keywords(dataset)
     p = np.clip(np.nan_to_num(predictions.keyword_probs, nan=0.5), 1e-6, 1 - 1e-6)
     total = -np.sum(np.where(given, np.log(p), np.log(1 - p)))
     levels = [dataset.schema.level_index(dataset.reviews[i].labels[k]) for i, k in predictions.pairs]

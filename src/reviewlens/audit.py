@@ -64,6 +64,15 @@ class Predictions:
     method: str = ""
 
 
+def given_keywords(dataset: ReviewDataset) -> np.ndarray:
+    """(n, K) booleans: the keywords each review is labeled with."""
+    given = np.zeros((len(dataset), dataset.schema.num_keywords), dtype=bool)
+    for i, review in enumerate(dataset.reviews):
+        for keyword in review.labels or {}:
+            given[i, dataset.schema.keyword_index(keyword)] = True
+    return given
+
+
 def labeled_pairs(dataset: ReviewDataset) -> list[tuple[int, str]]:
     """(review index, keyword) of every labeled keyword."""
     return [(i, k) for i, r in enumerate(dataset.reviews) for k in (r.labels or {})]
@@ -244,10 +253,7 @@ def find_label_issues(dataset: ReviewDataset, predictions: Predictions,
     schema = dataset.schema
     reviews = dataset.reviews
     issues: list[LabelIssue] = []
-    given = np.zeros((len(dataset), schema.num_keywords), dtype=int)
-    for i, review in enumerate(reviews):
-        for keyword in review.labels or {}:
-            given[i, schema.keyword_index(keyword)] = 1
+    given = given_keywords(dataset).astype(int)
     rare = set(too_rare(dataset, min_support))
     for j, keyword in enumerate(schema.keywords):
         p = predictions.keyword_probs[:, j]
@@ -288,8 +294,7 @@ def find_label_issues(dataset: ReviewDataset, predictions: Predictions,
                 issues.append(LabelIssue(int(i), reviews[i].id, "sentiment", keyword,
                                          f"{keyword} {schema.levels[label]}", f"{keyword} {schema.levels[chosen]}",
                                          float(dists[p, label]), float(thresholds[label])))
-    confidences = type_self_confidences(dataset, predictions)
-    issues = [replace(issue, rank_score=_issue_rank_score(issue, confidences)) for issue in issues]
+    issues = _with_rank_scores(issues, type_self_confidences(dataset, predictions))
     return sorted(issues, key=LabelIssue.sort_key)
 
 
@@ -351,24 +356,14 @@ def _empty_label_issues(dataset: ReviewDataset, given: np.ndarray, keyword_probs
     return out
 
 
-LABEL_TYPES = {
-    "keyword_extra": "keyword labeled",
-    "keyword_missing": "keyword not labeled",
-    "no_keywords": "no keyword at all",
-    "sentiment": "sentiment level",
-}
-"""The issue kinds the model judges, and the type of label each one doubts."""
-
-
 def type_self_confidences(dataset: ReviewDataset, predictions: Predictions) -> dict[str, np.ndarray]:
-    """Per label type (keyed like ``LABEL_TYPES``), each review's lowest self-confidence over its labels of that
-    type: (n,) arrays, ``inf`` where a review has no label of the type or the model did not score it."""
+    """Per label type, keyed by the issue kind that doubts it (``keyword_extra``: keyword labeled,
+    ``keyword_missing``: not labeled, ``no_keywords``: no keyword at all, ``sentiment``: level), each review's
+    lowest self-confidence over its labels of that type: (n,) arrays, ``inf`` where a review has no label of
+    the type or the model did not score it."""
     schema = dataset.schema
     n = len(dataset)
-    given = np.zeros((n, schema.num_keywords), dtype=bool)
-    for i, review in enumerate(dataset.reviews):
-        for keyword in review.labels or {}:
-            given[i, schema.keyword_index(keyword)] = True
+    given = given_keywords(dataset)
     probs = predictions.keyword_probs
 
     def lowest(values: np.ndarray, where: np.ndarray) -> np.ndarray:
@@ -388,6 +383,14 @@ def type_self_confidences(dataset: ReviewDataset, predictions: Predictions) -> d
     return out
 
 
+def _share_at_or_below(values: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """For each query, the share of ``values`` (n,) that are finite and at or below it (``inf`` for queries
+    that are not finite)."""
+    ranked = np.sort(values[np.isfinite(values)])
+    share = np.searchsorted(ranked, queries, side="right") / max(len(values), 1)
+    return np.where(np.isfinite(queries), share, np.inf)
+
+
 def type_rank_scores(confidences: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Self-confidences made comparable across label types: the share of reviews whose lowest self-confidence
     of the same type is at or below the review's (``inf`` where it has no such label).
@@ -398,20 +401,19 @@ def type_rank_scores(confidences: dict[str, np.ndarray]) -> dict[str, np.ndarray
     type, each label is compared with its peers; a type few reviews have (an empty label set among
     reviews that nearly all have a keyword) puts its members near the top, as the data says it should.
     """
-    out = {}
+    return {kind: _share_at_or_below(values, values) for kind, values in confidences.items()}
+
+
+def _with_rank_scores(issues: list["LabelIssue"], confidences: dict[str, np.ndarray]) -> list["LabelIssue"]:
+    """``issues`` with ``rank_score`` set: the ``type_rank_scores`` share of their own self-confidence."""
+    out = list(issues)
     for kind, values in confidences.items():
-        ranked = np.sort(values[np.isfinite(values)])
-        share = np.searchsorted(ranked, values, side="right") / max(len(values), 1)
-        out[kind] = np.where(np.isfinite(values), share, np.inf)
+        at = [k for k, issue in enumerate(out) if issue.kind == kind and issue.self_confidence is not None]
+        if at:
+            shares = _share_at_or_below(values, np.array([out[k].self_confidence for k in at], dtype=float))
+            for k, share in zip(at, shares):
+                out[k] = replace(out[k], rank_score=float(share))
     return out
-
-
-def _issue_rank_score(issue: "LabelIssue", confidences: dict[str, np.ndarray]) -> float | None:
-    values = confidences.get(issue.kind)
-    if values is None or issue.self_confidence is None:
-        return None
-    ranked = np.sort(values[np.isfinite(values)])
-    return float(np.searchsorted(ranked, issue.self_confidence, side="right") / max(len(values), 1))
 
 
 def review_self_confidence(dataset: ReviewDataset, predictions: Predictions) -> np.ndarray:

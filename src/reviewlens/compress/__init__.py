@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CompressConfig", "compress", "bundle_size", "evaluate_against"]
 
+MODELS = ("keyword", "sentiment")
+"""The two models of a bundle, in the order they are compressed (``scoring.KEYWORD``, ``scoring.SENTIMENT``)."""
+
 
 @dataclass
 class CompressConfig:
@@ -44,7 +47,7 @@ class CompressConfig:
     # which models --distill shrinks; the others keep their layers (and still get --trim-vocab, ONNX, int8).
     # Highlights cost mostly sentiment passes (one per word per keyword), so a sentiment-only student keeps
     # the keyword model's accuracy and most of the speed.
-    student_models: tuple[str, ...] = ("keyword", "sentiment")
+    student_models: tuple[str, ...] = MODELS
     trim_vocab: bool = False
     prune: float = 0.0
     epochs: float = 3.0
@@ -64,10 +67,10 @@ class CompressConfig:
         if not (self.onnx or self.distill or self.trim_vocab):
             raise ReviewlensError("nothing to do: choose at least one of --onnx, --int8, --distill, --trim-vocab, "
                                   "--prune")
-        unknown = sorted(set(self.student_models) - {"keyword", "sentiment"})
+        unknown = sorted(set(self.student_models) - set(MODELS))
         if unknown or not self.student_models:
             raise ReviewlensError(f"--student-models takes keyword and/or sentiment, not {', '.join(unknown) or 'none'}")
-        self.student_models = tuple(m for m in ("keyword", "sentiment") if m in self.student_models)
+        self.student_models = tuple(m for m in MODELS if m in self.student_models)
         if self.augment < 0:
             raise ReviewlensError(f"--augment must be a count of texts (0 or more), not {self.augment}")
         if self.prune and not 0.0 < self.prune < 1.0:
@@ -82,7 +85,7 @@ class CompressConfig:
         """A short name, e.g. ``student4-trim-onnx-int8``."""
         parts = []
         if self.distill:
-            only = "" if len(self.student_models) == 2 else f"-{self.student_models[0]}"
+            only = "" if self.student_models == MODELS else f"-{self.student_models[0]}"
             parts.append(f"student{self.student_layers}{only}")
         if self.trim_vocab:
             parts.append("trim")
@@ -139,7 +142,7 @@ def bundle_size(path: str | Path) -> dict:
     path = Path(path)
     out = {"bundle_bytes": _directory_bytes(path), "base_bytes": 0}
     bases = set()
-    for sub in ("keyword", "sentiment"):
+    for sub in MODELS:
         head_file = path / sub / HEAD_FILE
         if head_file.is_file():
             head = json.loads(head_file.read_text(encoding="utf-8"))
