@@ -134,15 +134,20 @@ def baseline_row(train, dev) -> dict:
     return summarize(result["keywords"], sent, result["pipeline"])
 
 
-def highlight_quality(analyzer, dev, attribution: str = "occlusion") -> dict:
-    """Share of correctly predicted pairs whose top highlighted word overlaps a gold span of that keyword."""
+def highlight_quality(analyzer, dev, attribution: str = "occlusion", sentiment_scope: str = "clause") -> dict:
+    """Share of correctly predicted pairs whose top highlighted word overlaps a gold span of that keyword.
+
+    Beside it, two chance levels: a random word of the review, and a random word of the clause that holds the
+    keyword's top highlight (the candidates of clause-scoped sentiment highlights).
+    """
     reviews = [r for r in dev if r.spans]
     start = time.perf_counter()
-    results = analyzer.analyze([r.text for r in reviews], top_k=1, attribution=attribution)
+    results = analyzer.analyze([r.text for r in reviews], top_k=1, attribution=attribution,
+                               sentiment_scope=sentiment_scope)
     seconds = time.perf_counter() - start
     hits = {"keyword": 0, "sentiment": 0}
-    random_hits, pairs = 0.0, 0
-    from reviewlens.highlight import whitespace_words
+    random_hits, clause_hits, pairs = 0.0, 0.0, 0
+    from reviewlens.highlight import clause_around, in_scope, whitespace_words
 
     for review, result in zip(reviews, results):
         for k in result.keywords:
@@ -157,9 +162,14 @@ def highlight_quality(analyzer, dev, attribution: str = "occlusion") -> dict:
             hits["sentiment"] += bool(k.sentiment_highlights) and inside(k.sentiment_highlights[0])
             words = whitespace_words(review.text)
             random_hits += np.mean([any(ws < e and s < we for s, e in spans) for _, ws, we in words])
-    return {"attribution": attribution, "pairs": pairs, "keyword_top1_in_span": hits["keyword"] / max(pairs, 1),
+            if k.highlights:
+                words = in_scope(words, clause_around(review.text, k.highlights[0].start))
+            clause_hits += np.mean([any(ws < e and s < we for s, e in spans) for _, ws, we in words])
+    return {"attribution": attribution, "sentiment_scope": sentiment_scope, "pairs": pairs,
+            "keyword_top1_in_span": hits["keyword"] / max(pairs, 1),
             "sentiment_top1_in_span": hits["sentiment"] / max(pairs, 1),
-            "random_word_in_span": random_hits / max(pairs, 1), "analyze_seconds": seconds}
+            "random_word_in_span": random_hits / max(pairs, 1),
+            "random_clause_word_in_span": clause_hits / max(pairs, 1), "analyze_seconds": seconds}
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -178,6 +188,8 @@ def main() -> None:
     parser.add_argument("--highlights", action="store_true", help="Score highlights against fashion gold spans.")
     parser.add_argument("--attributions", nargs="+", default=["occlusion", "gradient"],
                         help="Highlight methods to score with --highlights.")
+    parser.add_argument("--sentiment-scopes", nargs="+", default=["clause"], choices=["clause", "review"],
+                        help="Sentiment-highlight scopes to score with --highlights (review: any word of the review).")
     parser.add_argument("--json", type=Path, help="Also write all numbers to this JSON file.")
     args = parser.parse_args()
 
@@ -208,12 +220,15 @@ def main() -> None:
         if args.highlights and name == "fashion" and analyzer is not None:
             out[name]["highlights"] = {}
             for attribution in args.attributions:
-                hq = highlight_quality(analyzer, dev, attribution)
-                print(f"\nhighlight quality ({attribution}) on {hq['pairs']} correctly predicted (review, keyword) "
-                      f"pairs: keyword model top-1 in gold span {hq['keyword_top1_in_span']:.3f}, sentiment model "
-                      f"{hq['sentiment_top1_in_span']:.3f}, random word {hq['random_word_in_span']:.3f} "
-                      f"(analyze with highlights: {hq['analyze_seconds']:.0f}s)")
-                out[name]["highlights"][attribution] = hq
+                for scope in args.sentiment_scopes:
+                    hq = highlight_quality(analyzer, dev, attribution, scope)
+                    print(f"\nhighlight quality ({attribution}, sentiment scope {scope}) on {hq['pairs']} correctly "
+                          f"predicted (review, keyword) pairs: keyword model top-1 in gold span "
+                          f"{hq['keyword_top1_in_span']:.3f}, sentiment model {hq['sentiment_top1_in_span']:.3f}, "
+                          f"random word {hq['random_word_in_span']:.3f}, random word of the keyword's clause "
+                          f"{hq['random_clause_word_in_span']:.3f} (analyze with highlights: "
+                          f"{hq['analyze_seconds']:.0f}s)")
+                    out[name]["highlights"][f"{attribution}/{scope}"] = hq
     if args.json:
         args.json.write_text(json.dumps(out, ensure_ascii=False, indent=2), encoding="utf-8")
 

@@ -13,8 +13,10 @@ on the whole dev set, and the encoder's achieved GFLOP/s (encoder FLOPs of the p
 time spent in the model) against a float32 matrix-multiply roofline measured by this script.
 
 The naive reference is the seed's procedure: one review at a time, one forward pass per model input,
-and for highlights one forward pass per masked variant *per keyword*. Every speed is printed as a ratio
-to torch fp32 and to the naive reference, measured in the same run.
+and for highlights one forward pass per masked variant *per keyword*. Both do the same highlight work:
+the sentiment model occludes the words of the clause of the keyword's top highlight, as ``analyze`` does
+by default (``--sentiment-scope review``: every word, for both). Every speed is printed as a ratio to
+torch fp32 and to the naive reference, measured in the same run.
 
 The last table compares occlusion highlights with gradient × input highlights (torch fp32): speed of
 ``analyze`` with each, and on ``--attribution-reviews`` dev reviews the agreement of the two word
@@ -131,8 +133,8 @@ class NaiveReference:
         z = np.exp(logits - logits.max())
         return z / z.sum()
 
-    def analyze(self, texts, highlights: bool = True) -> list[dict]:
-        from reviewlens.highlight import masked_variants, whitespace_words
+    def analyze(self, texts, highlights: bool = True, sentiment_scope: str = "clause") -> list[dict]:
+        from reviewlens.highlight import clause_around, in_scope, masked_variants, whitespace_words
         from reviewlens.tasks import SENTIMENT_TEMPLATE, sentiment_input
 
         schema, thresholds = self.bundle.schema, self.bundle.thresholds
@@ -152,10 +154,14 @@ class NaiveReference:
                     kw_mask = self.tokenizers["keyword"].mask_token
                     st_mask = self.tokenizers["sentiment"].mask_token
                     kw_drop = [probs[k] - self._probs("keyword", v)[k] for v in masked_variants(text, words, kw_mask)]
+                    top = int(np.argmax(kw_drop)) if words else None
+                    scope = words
+                    if sentiment_scope == "clause" and top is not None and kw_drop[top] > 0:
+                        scope = in_scope(words, clause_around(text, words[top][1]))
                     st_drop = [dist[level] - self._probs("sentiment", sentiment_input(v, keyword, template))[level]
-                               for v in masked_variants(text, words, st_mask)]
-                    item["word"] = words[int(np.argmax(kw_drop))][0] if words else None
-                    item["sentiment_word"] = words[int(np.argmax(st_drop))][0] if words else None
+                               for v in masked_variants(text, scope, st_mask)]
+                    item["word"] = words[top][0] if words else None
+                    item["sentiment_word"] = scope[int(np.argmax(st_drop))][0] if scope else None
                 result[keyword] = item
             out.append(result)
         return out
@@ -219,7 +225,7 @@ def worker(args) -> dict:
     for mode, highlights in (("plain", False), ("highlights", True)):
         meter.reset()
         start, cpu = time.perf_counter(), time.process_time()
-        predictions = analyze(texts, highlights=highlights)
+        predictions = analyze(texts, highlights=highlights, sentiment_scope=args.sentiment_scope)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
         result[mode] = {"seconds": seconds, "cpu_seconds": cpu_seconds, "model_seconds": meter.model_seconds,
                         "model_cpu_seconds": meter.model_cpu_seconds, "gflop": meter.flops / 1e9,
@@ -340,7 +346,7 @@ def attribution_compare(args) -> dict:
 def run_worker(mode: str, args, **extra) -> dict:
     """Run this script as a subprocess in ``mode``; returns its JSON result."""
     command = [sys.executable, str(Path(__file__).resolve()), "--mode", mode, "--threads", str(args.threads),
-               "--batch-size", str(args.batch_size)]
+               "--batch-size", str(args.batch_size), "--sentiment-scope", args.sentiment_scope]
     for key, value in extra.items():
         if value is True:
             command.append(f"--{key.replace('_', '-')}")
@@ -437,6 +443,8 @@ def main() -> None:
                         help="Time speeds by wall clock, or by process CPU time (steadier on a shared machine; "
                              "use with --threads 1).")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--sentiment-scope", default="clause", choices=["clause", "review"],
+                        help="Where sentiment highlights may lie, for analyze and the naive reference alike.")
     parser.add_argument("--skip-distill", action="store_true")
     parser.add_argument("--variants", nargs="+", help="Only these compressed variants (torch fp32 and the naive "
                         "reference are always measured), e.g. onnx-int8 student-int8.")

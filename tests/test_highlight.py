@@ -3,11 +3,13 @@
 import random
 
 import numpy as np
+import pytest
 from conftest import CORPUS, build_tiny_base
 
 from reviewlens.analyzer import ReviewAnalyzer
 from reviewlens.data import Review, ReviewDataset
-from reviewlens.highlight import masked_variants, whitespace_words
+from reviewlens.errors import ReviewlensError
+from reviewlens.highlight import clause_around, masked_variants, whitespace_words
 from reviewlens.schema import LabelSchema
 from reviewlens.training import TrainConfig, train
 
@@ -61,7 +63,9 @@ def test_planted_trigger_word_is_the_top_highlight(tmp_path):
         assert top.score > 0
     assert {k.keyword: k.level for k in results[0].keywords}["배송"] == 1
     assert {k.keyword: k.level for k in results[1].keywords}["배송"] == -1
-    # the sentiment highlight of 배송 names the word that carries the polarity
+    # the sentiment highlight of 배송 names the word that carries the polarity (these synthetic reviews have no
+    # clause structure, and "무난해요" closes the clause of 택배, so the whole review is the scope here)
+    results = analyzer.analyze(texts[:1], top_k=3, sentiment_scope="review")
     assert {k.keyword: k for k in results[0].keywords}["배송"].sentiment_highlights[0].word == "빨라요"
 
 
@@ -83,7 +87,7 @@ def test_occlusion_is_batched_across_reviews(tiny_base, tmp_path):
     bundle = ModelBundle(schema=LabelSchema(["배송", "만족도"], levels=[-1, 0, 1]), thresholds={"배송": 0.0, "만족도": 0.0})
     analyzer = ReviewAnalyzer(bundle, scorer)
     texts = [" ".join(random.Random(i).sample(FILLER, 6)) for i in range(8)]
-    results = analyzer.analyze(texts)
+    results = analyzer.analyze(texts, sentiment_scope="review")
     assert all(len(r.keywords) == 2 for r in results)
     # 8 reviews x 6 words = 48 keyword variants, 8 x 2 x 6 = 96 sentiment variants
     kw_calls = [c for c in calls if c[0] == "keyword"]
@@ -91,6 +95,59 @@ def test_occlusion_is_batched_across_reviews(tiny_base, tmp_path):
     assert sum(shape[0] for _, shape in kw_calls) == 8 + 48
     assert sum(shape[0] for _, shape in st_calls) == 8 * 2 + 96
     assert len(kw_calls) <= 3 and len(st_calls) <= 4
+
+
+def test_clause_around_cuts_after_connective_and_final_endings():
+    text = "옷은 예쁘지만 배송은 늦어요. 색상도 좋고 가격도 싸요 ㅎㅎ 재구매 의사 있음"
+    clause = lambda word: text[slice(*clause_around(text, text.index(word)))]
+    assert clause("옷은") == clause("예쁘지만") == "옷은 예쁘지만"
+    assert clause("배송은") == "배송은 늦어요."
+    assert clause("색상도") == "색상도 좋고"
+    assert clause("가격도") == "가격도 싸요"
+    assert clause("ㅎㅎ") == "ㅎㅎ"
+    assert clause("재구매") == "재구매 의사 있음"
+    assert clause_around(text, text.index(" ")) == (0, len(text))  # not inside a word: the whole review
+
+
+class _LeakyScorer:
+    """Keyword 배송 fires on 배송은, 디자인 on 옷은; the sentiment of *every* keyword leans on every opinion word,
+    most on 별로지만 (the way a sentiment model reading the whole review leaks other clauses' sentiment)."""
+
+    keywords = ["배송", "디자인"]
+    weights = {"별로지만": 3.0, "늦어요": 2.0}
+
+    def __init__(self):
+        self.sentiment_inputs = 0
+
+    def mask_token(self, which):
+        return "[MASK]"
+
+    def keyword_probs(self, texts):
+        return np.array([[0.9 if "배송은" in t else 0.1, 0.9 if "옷은" in t else 0.1] for t in texts])
+
+    def sentiment_probs(self, texts, keywords):
+        self.sentiment_inputs += len(texts)
+        logits = np.array([[sum(w for word, w in self.weights.items() if word in t.split()), 0.0, 0.0] for t in texts])
+        return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+
+def test_sentiment_highlights_scoped_to_the_keywords_clause():
+    from reviewlens.bundle import ModelBundle
+
+    bundle = ModelBundle(schema=LabelSchema(_LeakyScorer.keywords, levels=[-1, 0, 1]),
+                         thresholds={"배송": 0.5, "디자인": 0.5})
+    text = "옷은 별로지만 배송은 늦어요"
+    scorer = _LeakyScorer()
+    scoped = {k.keyword: k for k in ReviewAnalyzer(bundle, scorer).analyze([text])[0].keywords}
+    assert scoped["배송"].level == -1 and scoped["배송"].highlights[0].word == "배송은"
+    assert [h.word for h in scoped["배송"].sentiment_highlights] == ["늦어요"]
+    assert [h.word for h in scoped["디자인"].sentiment_highlights] == ["별로지만"]
+    assert scorer.sentiment_inputs == 2 + 2 + 2  # the 2 pairs, then 2 words of each keyword's clause occluded
+    whole = {k.keyword: k for k in ReviewAnalyzer(bundle, _LeakyScorer()).analyze(
+        [text], sentiment_scope="review")[0].keywords}
+    assert [h.word for h in whole["배송"].sentiment_highlights] == ["별로지만", "늦어요"]
+    with pytest.raises(ReviewlensError, match="sentiment_scope"):
+        ReviewAnalyzer(bundle, scorer).analyze([text], sentiment_scope="sentence")
 
 
 def test_empty_blank_emoji_and_long_reviews(tiny_base):

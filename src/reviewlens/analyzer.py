@@ -14,7 +14,7 @@ import numpy as np
 from .bundle import ModelBundle, resolve_bundle_path
 from .calibration import apply_thresholds
 from .errors import ReviewlensError
-from .highlight import Highlight, keyword_highlights, sentiment_highlights
+from .highlight import SENTIMENT_SCOPES, Highlight, clause_around, keyword_highlights, sentiment_highlights
 from .tasks import SENTIMENT_TEMPLATE
 
 logger = logging.getLogger(__name__)
@@ -123,14 +123,21 @@ class ReviewAnalyzer:
         return apply_thresholds(probs, self.keywords, self.bundle.thresholds)
 
     def analyze(self, texts: str | Iterable[str], *, highlights: bool = True, top_k: int = 3,
-                ids: Sequence[str] | None = None, attribution: str = "occlusion") -> list[ReviewAnalysis]:
+                ids: Sequence[str] | None = None, attribution: str = "occlusion",
+                sentiment_scope: str = "clause") -> list[ReviewAnalysis]:
         """Analyse reviews: keywords above threshold, their sentiment and (optionally) highlights.
 
         ``attribution`` picks how highlights are found: ``"occlusion"`` (mask each word, any backend) or
         ``"gradient"`` (gradient × input, torch bundles, cheaper; see ``reviewlens.attribution``).
+        ``sentiment_scope`` picks where a keyword's sentiment highlights may lie: ``"clause"`` (the clause that
+        holds the keyword's top highlight, see ``highlight.clause_around``; the whole review when the keyword
+        has no highlight) or ``"review"`` (any word).
         """
         if attribution not in ("occlusion", "gradient"):
             raise ReviewlensError(f"attribution must be 'occlusion' or 'gradient', not {attribution!r}")
+        if sentiment_scope not in SENTIMENT_SCOPES:
+            raise ReviewlensError(f"sentiment_scope must be one of {', '.join(SENTIMENT_SCOPES)}, "
+                                  f"not {sentiment_scope!r}")
         texts = [texts] if isinstance(texts, str) else list(texts)
         results = [ReviewAnalysis(t, id=(ids[i] if ids is not None else None)) for i, t in enumerate(texts)]
         live = [i for i, t in enumerate(texts) if isinstance(t, str) and has_content(t)]
@@ -160,7 +167,12 @@ class ReviewAnalyzer:
                 from .attribution import keyword_highlights as kw_highlights, sentiment_highlights as st_highlights
             kw_hl = kw_highlights(self.scorer, live_texts, probs, targets, top_k)
             st_pairs = [(j, kw, int(np.argmax(dist)), float(dist.max())) for (j, kw), dist in zip(pairs, sent)]
-            st_hl = st_highlights(self.scorer, live_texts, st_pairs, top_k)
+            scopes = None
+            if sentiment_scope == "clause":
+                anchors = [kw_hl[j].get(self.keywords.index(kw)) for j, kw in pairs]
+                scopes = [clause_around(live_texts[j], anchor[0].start) if anchor else None
+                          for (j, _), anchor in zip(pairs, anchors)]
+            st_hl = st_highlights(self.scorer, live_texts, st_pairs, top_k, scopes=scopes)
             p = 0
             for j in range(len(live)):
                 for result in per_review[j]:

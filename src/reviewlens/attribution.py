@@ -157,7 +157,15 @@ def keyword_highlights(scorer, texts: Sequence[str], base_probs: np.ndarray, tar
 
 
 def sentiment_highlights(scorer, texts: Sequence[str], pairs: Sequence[tuple[int, str, int, float]],
-                         top_k: int = 3) -> list[list[Highlight]]:
-    """``highlight.sentiment_highlights`` with gradient × input scores."""
+                         top_k: int = 3, scopes: Sequence[tuple[int, int] | None] | None = None
+                         ) -> list[list[Highlight]]:
+    """``highlight.sentiment_highlights`` with gradient × input scores (words outside a pair's scope score -inf)."""
     scores = sentiment_word_scores(scorer, texts, pairs)
-    return [_top(whitespace_words(texts[i]), s, top_k) for (i, _, _, _), s in zip(pairs, scores)]
+    out = []
+    for p, ((i, _, _, _), s) in enumerate(zip(pairs, scores)):
+        words = whitespace_words(texts[i])
+        if scopes is not None and scopes[p] is not None:
+            start, end = scopes[p]
+            s = np.where([start <= w[1] and w[2] <= end for w in words], s, -np.inf)
+        out.append(_top(words, s, top_k))
+    return out

@@ -189,6 +189,9 @@ def analyze(
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | jsonl | csv"),
     highlights: bool = typer.Option(True, "--highlights/--no-highlights", help="Compute highlighted words."),
     top_k: int = typer.Option(3, "--top-k", help="Highlighted words per keyword."),
+    sentiment_scope: str = typer.Option("clause", "--sentiment-scope",
+                                        help="Where sentiment highlights may lie: clause (the clause of the keyword's "
+                                             "top highlight) | review (any word)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     chunk_size: int = typer.Option(256, "--chunk-size", help="Reviews per progress step."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows"),
@@ -202,8 +205,12 @@ def analyze(
     from .analyzer import ANALYSIS_COLUMNS, ReviewAnalyzer, analysis_rows
     from .data import atomic_write_text, read_texts
 
+    from .highlight import SENTIMENT_SCOPES
+
     if engine not in ("local", "ray"):
         _fail(ReviewlensError(f"--engine must be local or ray, not {engine!r}"))
+    if sentiment_scope not in SENTIMENT_SCOPES:
+        _fail(ReviewlensError(f"--sentiment-scope must be {' or '.join(SENTIMENT_SCOPES)}, not {sentiment_scope!r}"))
     if engine == "ray":
         from .distributed import analyze_with_ray, summarize
 
@@ -211,7 +218,8 @@ def analyze(
             if input is None or output is None:
                 raise ReviewlensError("--engine ray needs --input (a file, directory or glob) and --output DIR")
             report = analyze_with_ray(model, input, output, num_workers=workers, batch_size=batch_size,
-                                      highlights=highlights, top_k=top_k, skip_bad_rows=skip_bad_rows,
+                                      highlights=highlights, top_k=top_k, sentiment_scope=sentiment_scope,
+                                      skip_bad_rows=skip_bad_rows,
                                       rows_per_block=chunk_size)
             typer.echo(summarize(report), err=True)
             report.raise_for_failures()
@@ -237,7 +245,7 @@ def analyze(
                           file=sys.stderr):
             chunk_ids = ids[start:start + chunk_size] if ids is not None else None
             results += analyzer.analyze(items[start:start + chunk_size], highlights=highlights, top_k=top_k,
-                                        ids=chunk_ids)
+                                        ids=chunk_ids, sentiment_scope=sentiment_scope)
     except ReviewlensError as exc:
         _fail(exc)
     if fmt == "table":

@@ -176,14 +176,14 @@ class BundleAnalyzer:
     """A Ray actor: loads the bundle once, then analyses blocks of reviews into the output columns."""
 
     def __init__(self, model: str, *, batch_size: int = 64, highlights: bool = True, top_k: int = 3,
-                 threads: int = 1) -> None:
+                 sentiment_scope: str = "clause", threads: int = 1) -> None:
         import torch
 
         from .analyzer import ReviewAnalyzer
 
         torch.set_num_threads(max(1, threads))
         self.analyzer = ReviewAnalyzer.from_pretrained(model, batch_size=batch_size)
-        self.highlights, self.top_k = highlights, top_k
+        self.highlights, self.top_k, self.sentiment_scope = highlights, top_k, sentiment_scope
         self.worker = f"{ray_node_ip()}:{os.getpid()}"
 
     def __call__(self, table):
@@ -194,7 +194,8 @@ class BundleAnalyzer:
         data = table.to_pydict()
         live = [i for i, error in enumerate(data["error"]) if error is None]
         results = self.analyzer.analyze([data["text"][i] for i in live], ids=[data["id"][i] for i in live],
-                                        highlights=self.highlights, top_k=self.top_k)
+                                        highlights=self.highlights, top_k=self.top_k,
+                                        sentiment_scope=self.sentiment_scope)
         out = {name: [None] * table.num_rows for name in ANALYSIS_COLUMNS}
         for i, row in zip(live, analysis_rows(results)):
             for name in ANALYSIS_COLUMNS:
@@ -265,8 +266,8 @@ def _clean_stale_temps(output_dir: Path, outputs: Iterable[Path]) -> None:
 
 def analyze_with_ray(model: str | os.PathLike | None, inputs: str | os.PathLike | Iterable[str | os.PathLike],
                      output_dir: str | os.PathLike, num_workers: int = 2, batch_size: int = 64, *,
-                     highlights: bool = True, top_k: int = 3, skip_bad_rows: bool = False,
-                     rows_per_block: int = 256, cpus_per_worker: float = 1.0,
+                     highlights: bool = True, top_k: int = 3, sentiment_scope: str = "clause",
+                     skip_bad_rows: bool = False, rows_per_block: int = 256, cpus_per_worker: float = 1.0,
                      address: str | None = None) -> RayAnalysisReport:
     """Analyse every review file of ``inputs`` into ``output_dir`` with ``num_workers`` Ray actors.
 
@@ -326,6 +327,7 @@ def analyze_with_ray(model: str | os.PathLike | None, inputs: str | os.PathLike 
                             compute=ray.data.ActorPoolStrategy(size=num_workers),
                             fn_constructor_kwargs={"model": str(model_path), "batch_size": batch_size,
                                                    "highlights": highlights, "top_k": top_k,
+                                                   "sentiment_scope": sentiment_scope,
                                                    "threads": max(1, int(cpus_per_worker))})
         report.files += _write_outputs(ds, outputs, {"model": str(model_path)}, report.rows_per_worker)
     finally:

@@ -2,6 +2,10 @@
 
 All variants of all reviews in a call go through the scorer together, so the batching and length
 sorting of the scorer apply across reviews. One keyword-model pass per variant serves every keyword.
+
+Sentiment highlights can be scoped to the clause that holds the keyword's own top highlight
+(``clause_around``): a review such as "옷은 예쁘지만 배송은 늦어요" then explains 배송's -1 with 늦어요, not with
+예쁘지만, which a sentiment model that reads the whole review also leans on.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 _WORD = re.compile(r"\S+")
+_CLAUSE_END = re.compile(r"([.!?~,;…]|(고|지만|데|서|며|면서|니까|요|다|음|함|듯|ㅎ+|ㅋ+|ㅠ+|ㅜ+|\^+))[.!?~,;…^]*$")
+"""A whitespace word that closes a clause: sentence punctuation, or a Korean connective or final ending
+(-고, -지만, -는데, -어서, -며, -면서, -니까, -요, -다, -음, -함, -듯) or a trailing laugh/cry/emoticon run."""
+SENTIMENT_SCOPES = ("clause", "review")
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,27 @@ class Highlight:
 def whitespace_words(text: str) -> list[tuple[str, int, int]]:
     """The whitespace-separated words of ``text`` with their [start, end) character offsets."""
     return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
+def clause_around(text: str, position: int) -> tuple[int, int]:
+    """[start, end) character range of the clause of ``text`` that holds the word at character ``position``.
+
+    Clauses are runs of whitespace words cut after each word that ``_CLAUSE_END`` matches (punctuation,
+    connective and final endings): "옷은 예쁘지만 | 배송은 늦어요". A position outside every word gives the whole text.
+    """
+    words = whitespace_words(text)
+    start = 0
+    for i, (word, w_start, w_end) in enumerate(words):
+        if i == 0 or _CLAUSE_END.search(words[i - 1][0]):
+            start = w_start
+        if w_start <= position < w_end:
+            end = w_end
+            for later, _, later_end in words[i:]:
+                end = later_end
+                if _CLAUSE_END.search(later):
+                    break
+            return start, end
+    return 0, len(text)
 
 
 def masked_variants(text: str, words: Sequence[tuple[str, int, int]], mask_token: str) -> list[str]:
@@ -69,14 +98,26 @@ def keyword_highlights(scorer, texts: Sequence[str], base_probs: np.ndarray, tar
     return out
 
 
+def in_scope(words: Sequence[tuple[str, int, int]], scope: tuple[int, int] | None) -> list[tuple[str, int, int]]:
+    """The words that lie inside the character range ``scope`` (all of them when it is None)."""
+    return list(words) if scope is None else [w for w in words if scope[0] <= w[1] and w[2] <= scope[1]]
+
+
 def sentiment_highlights(scorer, texts: Sequence[str], pairs: Sequence[tuple[int, str, int, float]],
-                         top_k: int = 3) -> list[list[Highlight]]:
-    """For each (review index, keyword, level index, base probability): the words that drive that level."""
+                         top_k: int = 3, scopes: Sequence[tuple[int, int] | None] | None = None
+                         ) -> list[list[Highlight]]:
+    """For each (review index, keyword, level index, base probability): the words that drive that level.
+
+    ``scopes`` (one per pair, or None) limits the occluded words of a pair to a character range of its review,
+    e.g. the clause of the keyword (``clause_around``); the model still reads the whole review.
+    """
     mask = scorer.mask_token("sentiment")
     words = [whitespace_words(texts[i]) for i, *_ in pairs]  # per pair: the visible part depends on the keyword
     if hasattr(scorer, "sentiment_visible_chars"):
         visible = scorer.sentiment_visible_chars([texts[i] for i, *_ in pairs], [k for _, k, *_ in pairs])
         words = [[w for w in ws if w[2] <= cut] for ws, cut in zip(words, visible)]
+    if scopes is not None:
+        words = [in_scope(ws, scope) for ws, scope in zip(words, scopes, strict=True)]
     variants, kws, owner = [], [], []
     for p, (i, keyword, _, _) in enumerate(pairs):
         masked = masked_variants(texts[i], words[p], mask)
