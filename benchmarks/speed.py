@@ -160,8 +160,10 @@ class NaiveReference:
                         scope = in_scope(words, clause_around(text, words[top][1]))
                     st_drop = [dist[level] - self._probs("sentiment", sentiment_input(v, keyword, template))[level]
                                for v in masked_variants(text, scope, st_mask)]
-                    item["word"] = words[top][0] if words else None
-                    item["sentiment_word"] = scope[int(np.argmax(st_drop))][0] if scope else None
+                    best = int(np.argmax(st_drop)) if scope else None
+                    # as analyze: a highlight must lower the probability when masked
+                    item["word"] = words[top][0] if top is not None and kw_drop[top] > 0 else None
+                    item["sentiment_word"] = scope[best][0] if best is not None and st_drop[best] > 0 else None
                 result[keyword] = item
             out.append(result)
         return out
