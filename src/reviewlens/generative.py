@@ -566,9 +566,9 @@ class GenerativeAnalyzer:
         return generations, labels, problems
 
     def analyze(self, texts: str | Iterable[str], *, highlights: bool = True, top_k: int = 3,
-                ids: Sequence[str] | None = None) -> list[ReviewAnalysis]:
-        """Keywords and levels from the generated completion; ``highlights`` and ``top_k`` are accepted for the
-        analyzer interface and have no effect (no highlights, see the class docstring)."""
+                ids: Sequence[str] | None = None, sentiment_scope: str = "clause") -> list[ReviewAnalysis]:
+        """Keywords and levels from the generated completion; ``highlights``, ``top_k`` and ``sentiment_scope``
+        are accepted for the analyzer interface and have no effect (no highlights, see the class docstring)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         generations, labels, problems = self.predict(texts)
         n_bad = sum(1 for p in problems if p)
