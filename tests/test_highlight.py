@@ -9,7 +9,7 @@ from conftest import CORPUS, build_tiny_base
 from reviewlens.analyzer import ReviewAnalyzer
 from reviewlens.data import Review, ReviewDataset
 from reviewlens.errors import ReviewlensError
-from reviewlens.highlight import clause_around, masked_variants, whitespace_words
+from reviewlens.highlight import clause_around, clauses, masked_variants, whitespace_words
 from reviewlens.schema import LabelSchema
 from reviewlens.training import TrainConfig, train
 
@@ -106,7 +106,10 @@ def test_clause_around_cuts_after_connective_and_final_endings():
     assert clause("가격도") == "가격도 싸요"
     assert clause("ㅎㅎ") == "ㅎㅎ"
     assert clause("재구매") == "재구매 의사 있음"
-    assert clause_around(text, text.index(" ")) == (0, len(text))  # not inside a word: the whole review
+    assert clause_around(text, text.index(" 배송은")) == (0, len(text))  # between two clauses: the whole review
+    lines = "배송 빠름\n색상 굿 사이즈 딱"  # a line break ends a clause even without an ending
+    assert [lines[s:e] for s, e in clauses(lines)] == ["배송 빠름", "색상 굿 사이즈 딱"]
+    assert clauses("") == [] and clauses("   ") == []
 
 
 class _LeakyScorer:

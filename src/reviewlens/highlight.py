@@ -41,25 +41,27 @@ def whitespace_words(text: str) -> list[tuple[str, int, int]]:
     return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
 
 
-def clause_around(text: str, position: int) -> tuple[int, int]:
-    """[start, end) character range of the clause of ``text`` that holds the word at character ``position``.
+def clauses(text: str) -> list[tuple[int, int]]:
+    """The [start, end) character ranges of the clauses of ``text``.
 
-    Clauses are runs of whitespace words cut after each word that ``_CLAUSE_END`` matches (punctuation,
-    connective and final endings): "옷은 예쁘지만 | 배송은 늦어요". A position outside every word gives the whole text.
+    A clause is a run of whitespace words cut after each word that ``_CLAUSE_END`` matches (punctuation,
+    connective and final endings) and at every line break: "옷은 예쁘지만 | 배송은 늦어요".
     """
+    out: list[tuple[int, int]] = []
     words = whitespace_words(text)
-    start = 0
-    for i, (word, w_start, w_end) in enumerate(words):
-        if i == 0 or _CLAUSE_END.search(words[i - 1][0]):
-            start = w_start
-        if w_start <= position < w_end:
-            end = w_end
-            for later, _, later_end in words[i:]:
-                end = later_end
-                if _CLAUSE_END.search(later):
-                    break
-            return start, end
-    return 0, len(text)
+    for i, (word, start, end) in enumerate(words):
+        previous = words[i - 1] if i else None
+        if previous is None or _CLAUSE_END.search(previous[0]) or "\n" in text[previous[2]:start]:
+            out.append((start, end))
+        else:
+            out[-1] = (out[-1][0], end)
+    return out
+
+
+def clause_around(text: str, position: int) -> tuple[int, int]:
+    """[start, end) character range of the clause (see ``clauses``) that holds the character at ``position``;
+    the whole text when no clause does (e.g. ``position`` is a space between two clauses)."""
+    return next(((s, e) for s, e in clauses(text) if s <= position < e), (0, len(text)))
 
 
 def masked_variants(text: str, words: Sequence[tuple[str, int, int]], mask_token: str) -> list[str]:
