@@ -14,7 +14,7 @@ import numpy as np
 from .bundle import ModelBundle, resolve_bundle_path
 from .calibration import apply_thresholds
 from .errors import ReviewlensError
-from .highlight import SENTIMENT_SCOPES, Highlight, clause_around, keyword_highlights, sentiment_highlights
+from .highlight import Highlight, check_sentiment_scope, clause_around, keyword_highlights, sentiment_highlights
 from .tasks import SENTIMENT_TEMPLATE
 
 logger = logging.getLogger(__name__)
@@ -135,9 +135,7 @@ class ReviewAnalyzer:
         """
         if attribution not in ("occlusion", "gradient"):
             raise ReviewlensError(f"attribution must be 'occlusion' or 'gradient', not {attribution!r}")
-        if sentiment_scope not in SENTIMENT_SCOPES:
-            raise ReviewlensError(f"sentiment_scope must be one of {', '.join(SENTIMENT_SCOPES)}, "
-                                  f"not {sentiment_scope!r}")
+        check_sentiment_scope(sentiment_scope)
         texts = [texts] if isinstance(texts, str) else list(texts)
         results = [ReviewAnalysis(t, id=(ids[i] if ids is not None else None)) for i, t in enumerate(texts)]
         live = [i for i, t in enumerate(texts) if isinstance(t, str) and has_content(t)]

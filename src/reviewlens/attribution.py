@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .errors import ReviewlensError
-from .highlight import Highlight, _top, whitespace_words
+from .highlight import Highlight, _top, in_scope_mask, whitespace_words
 from .modeling import MULTI_LABEL
 from .scoring import KEYWORD, SENTIMENT
 from .tasks import SENTIMENT_TEMPLATE, sentiment_input
@@ -161,11 +161,9 @@ def sentiment_highlights(scorer, texts: Sequence[str], pairs: Sequence[tuple[int
                          ) -> list[list[Highlight]]:
     """``highlight.sentiment_highlights`` with gradient × input scores (words outside a pair's scope score -inf)."""
     scores = sentiment_word_scores(scorer, texts, pairs)
+    scopes = [None] * len(pairs) if scopes is None else scopes
     out = []
-    for p, ((i, _, _, _), s) in enumerate(zip(pairs, scores)):
+    for (i, _, _, _), s, scope in zip(pairs, scores, scopes, strict=True):
         words = whitespace_words(texts[i])
-        if scopes is not None and scopes[p] is not None:
-            start, end = scopes[p]
-            s = np.where([start <= w[1] and w[2] <= end for w in words], s, -np.inf)
-        out.append(_top(words, s, top_k))
+        out.append(_top(words, np.where(in_scope_mask(words, scope), s, -np.inf), top_k))
     return out

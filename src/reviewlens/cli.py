@@ -204,13 +204,14 @@ def analyze(
 
     from .analyzer import ANALYSIS_COLUMNS, ReviewAnalyzer, analysis_rows
     from .data import atomic_write_text, read_texts
-
-    from .highlight import SENTIMENT_SCOPES
+    from .highlight import check_sentiment_scope
 
     if engine not in ("local", "ray"):
         _fail(ReviewlensError(f"--engine must be local or ray, not {engine!r}"))
-    if sentiment_scope not in SENTIMENT_SCOPES:
-        _fail(ReviewlensError(f"--sentiment-scope must be {' or '.join(SENTIMENT_SCOPES)}, not {sentiment_scope!r}"))
+    try:  # before any work: a ray run would otherwise fail in every actor
+        check_sentiment_scope(sentiment_scope)
+    except ReviewlensError as exc:
+        _fail(exc)
     if engine == "ray":
         from .distributed import analyze_with_ray, summarize
 

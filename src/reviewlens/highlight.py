@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .errors import ReviewlensError
+
 _WORD = re.compile(r"\S+")
 _CLAUSE_END = re.compile(r"([.!?~,;…]|(고|지만|데|서|며|면서|니까|요|다|음|함|듯|ㅎ+|ㅋ+|ㅠ+|ㅜ+|\^+))[.!?~,;…^]*$")
 """A whitespace word that closes a clause: sentence punctuation, or a Korean connective or final ending
@@ -100,9 +102,20 @@ def keyword_highlights(scorer, texts: Sequence[str], base_probs: np.ndarray, tar
     return out
 
 
+def in_scope_mask(words: Sequence[tuple[str, int, int]], scope: tuple[int, int] | None) -> list[bool]:
+    """For each word, whether it lies inside the character range ``scope`` (every word when it is None)."""
+    return [scope is None or (scope[0] <= start and end <= scope[1]) for _, start, end in words]
+
+
 def in_scope(words: Sequence[tuple[str, int, int]], scope: tuple[int, int] | None) -> list[tuple[str, int, int]]:
     """The words that lie inside the character range ``scope`` (all of them when it is None)."""
-    return list(words) if scope is None else [w for w in words if scope[0] <= w[1] and w[2] <= scope[1]]
+    return [w for w, inside in zip(words, in_scope_mask(words, scope)) if inside]
+
+
+def check_sentiment_scope(scope: str) -> None:
+    """Raise a clear error unless ``scope`` is one of ``SENTIMENT_SCOPES``."""
+    if scope not in SENTIMENT_SCOPES:
+        raise ReviewlensError(f"sentiment_scope (--sentiment-scope) must be {' or '.join(SENTIMENT_SCOPES)}, not {scope!r}")
 
 
 def sentiment_highlights(scorer, texts: Sequence[str], pairs: Sequence[tuple[int, str, int, float]],

@@ -45,8 +45,9 @@ class CompressConfig:
     distill: bool = False
     student_layers: int = 4
     # which models --distill shrinks; the others keep their layers (and still get --trim-vocab, ONNX, int8).
-    # Highlights cost mostly sentiment passes (one per word per keyword), so a sentiment-only student keeps
-    # the keyword model's accuracy and most of the speed.
+    # Plain analyze runs the sentiment model once per predicted keyword, and a distilled keyword model loses
+    # the most accuracy, so a sentiment-only student keeps the keyword model's accuracy and most of the plain
+    # speed (with clause-scoped highlights, the keyword model's occlusion is then most of the highlight cost).
     student_models: tuple[str, ...] = MODELS
     trim_vocab: bool = False
     prune: float = 0.0
