@@ -61,8 +61,9 @@ def test_ranking_puts_the_least_confident_reviews_first():
     dataset, predictions = _toy()
     order = rank_reviews(dataset, predictions)
     # r6 (A at 0.6, not labeled) is not flagged: 0.6 is below the mean 0.6125 of the labeled A reviews,
-    # but it is the least confident of the rest
-    assert list(order[:3]) == [3, 7, 6]
+    # but it is the least confident of the rest. r1 comes before it: of the keywords labeled beside another
+    # (r0's and r1's) its A (0.8) is the least probable, and that type is ranked on its own (``label_type``)
+    assert list(order[:4]) == [3, 7, 1, 6]
     issues = find_label_issues(dataset, predictions, min_support=1)
     assert [i.rank_score for i in issues] == sorted(i.rank_score for i in issues)  # the report's order
     assert issues[0].rank_score == pytest.approx(1 / 8)  # r3's level: the least probable of the 8 reviews' levels
@@ -84,6 +85,22 @@ def test_ranking_compares_labels_with_labels_of_their_own_type():
     assert raw.tolist().index(12) == 10
     order = rank_reviews(dataset, predictions)
     assert order[:3].tolist() == [0, 12, 1]
+
+
+def test_a_doubted_keyword_beside_another_is_ranked_among_its_like():
+    """Ten reviews labeled A alone, on all of which the model is unsure of A (0.02-0.20: an ambiguous keyword),
+    and r10 labeled A and B, sure of B (0.95) and unsure of A (0.10). Among all A labels r10's would come 5th;
+    among the labels that sit beside another keyword it is the one doubted, and comes first."""
+    labels = [{"A": 1}] * 10 + [{"A": 1, "B": 1}] + [{"B": 1}] * 9
+    dataset = _dataset(labels)
+    probs = np.array([[0.02 * (i + 1), 0.01] for i in range(10)] + [[0.10, 0.95]] + [[0.3, 0.95]] * 9)
+    pairs = labeled_pairs(dataset)
+    predictions = Predictions(probs, pairs, np.array([[0.05, 0.05, 0.9]] * len(pairs)), "toy model")
+    assert np.argsort(review_self_confidence(dataset, predictions), kind="stable").tolist().index(10) == 5
+    assert rank_reviews(dataset, predictions)[:2].tolist() == [0, 10]
+    issues = find_label_issues(dataset, predictions, min_support=1)
+    extra = [i for i in issues if i.row == 10 and i.kind == "keyword_extra"]
+    assert extra and extra[0].rank_score == pytest.approx(1 / 20)  # the lowest of its type: 1 of the 20 reviews
 
 
 def test_keywords_with_too_few_labels_are_not_judged_by_the_model():

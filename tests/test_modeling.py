@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from reviewlens.errors import ModelError, ReviewlensError
-from reviewlens.modeling import (MULTI_LABEL, SINGLE_LABEL, build_classifier, keyword_mask, load_classifier,
-                                 save_classifier)
+from reviewlens.modeling import (MULTI_LABEL, SINGLE_LABEL, build_classifier, init_classifier, keyword_mask,
+                                 load_classifier, save_classifier)
 from reviewlens.tasks import sentiment_input
 from reviewlens.training import TrainConfig, _encode
 
@@ -118,3 +118,35 @@ def test_load_report_of_the_unused_pooler_only_is_dropped():
     assert report.filter(record(head + pooler + "encoder.layer.0.attention.self.query.weight | MISSING |  | \n"))
     assert report.filter(record(head + "pooler.dense.weight | MISMATCH |  | \n"))
     assert report.filter(record("some other warning"))
+
+
+@pytest.mark.parametrize("pooling,lora", [("cls", 0), ("mean", 0), ("mean_keyword", 4)])
+def test_init_classifier_warm_starts_a_fresh_model_with_the_saved_weights(tiny_base, tmp_path, pooling, lora):
+    torch.manual_seed(0)
+    saved, tok = build_classifier(str(tiny_base), 3, MULTI_LABEL, pooling=pooling, labels=["a", "b", "c"],
+                                  lora_r=lora)
+    for name, p in saved.named_parameters():  # move every trainable tensor away from its initial value
+        if p.requires_grad:
+            p.data.normal_(0, 0.5)
+    if hasattr(saved, "feature_mean"):
+        saved.feature_mean.fill_(0.3)
+    texts = ["배송이 빨라요", "색이 정말 이뻐요 가격도 좋아요"]
+    expected = _logits(saved, tok, texts)
+    save_classifier(saved, tok, tmp_path)
+    torch.manual_seed(1)
+    fresh, tok2 = build_classifier(str(tiny_base), 3, MULTI_LABEL, pooling=pooling, labels=["a", "b", "c"],
+                                   lora_r=lora)
+    assert not torch.allclose(expected, _logits(fresh, tok2, texts), atol=1e-3)
+    init_classifier(fresh, tmp_path)
+    assert torch.allclose(expected, _logits(fresh, tok2, texts), atol=1e-5)
+    if lora:  # still an adapter model: only the adapters and the head train
+        trainable = [n for n, p in fresh.named_parameters() if p.requires_grad]
+        assert trainable and all("lora_" in n or not n.startswith("encoder.") for n in trainable)
+
+
+def test_init_classifier_refuses_another_head(tiny_base, tmp_path):
+    saved, tok = build_classifier(str(tiny_base), 3, MULTI_LABEL, pooling="mean", labels=["a", "b", "c"])
+    save_classifier(saved, tok, tmp_path)
+    other, _ = build_classifier(str(tiny_base), 3, MULTI_LABEL, pooling="mean", labels=["a", "b", "x"])
+    with pytest.raises(ModelError, match="labels"):
+        init_classifier(other, tmp_path)

@@ -287,3 +287,42 @@ def test_an_exception_during_a_file_write_leaves_the_old_file(tmp_path, monkeypa
     monkeypatch.undo()
     assert target.read_text(encoding="utf-8") == '{"old": true}'
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def _probabilities(bundle_dir: Path, texts: list[str]):
+    from reviewlens.analyzer import ReviewAnalyzer
+
+    analyzer = ReviewAnalyzer.from_pretrained(bundle_dir)
+    return analyzer.keyword_probabilities(texts), analyzer.scorer.sentiment_probs(texts, ["디자인"] * len(texts))
+
+
+def test_init_from_warm_starts_both_models_from_a_bundle(tiny_bundle, tiny_base, tmp_path):
+    """With a learning rate of 0 a warm-started bundle predicts exactly what its starting bundle does; a
+    fresh one does not. Then a real warm start trains on."""
+    data = read_reviews(EXAMPLES / "fashion_reviews.csv", schema=ModelBundle.load(tiny_bundle).schema)
+    texts = ["옷은 예쁘지만 배송은 늦어요", "색이 정말 이뻐요"]
+    start_kw, start_st = _probabilities(tiny_bundle, texts)
+    frozen = dict(base=str(tiny_base), pooling="mean", sentiment_pooling="mean_keyword", keyword_epochs=1,
+                  sentiment_epochs=1, learning_rate=0.0, batch_size=16, early_stopping_patience=0, seed=0)
+    train(data, tmp_path / "warm", TrainConfig(**frozen, init_from=str(tiny_bundle)))
+    warm_kw, warm_st = _probabilities(tmp_path / "warm", texts)
+    assert warm_kw == pytest.approx(start_kw, abs=1e-5) and warm_st == pytest.approx(start_st, abs=1e-5)
+    train(data, tmp_path / "fresh", TrainConfig(**frozen))
+    fresh_kw, _ = _probabilities(tmp_path / "fresh", texts)
+    assert abs(fresh_kw - start_kw).max() > 1e-3
+    trained = train(data, tmp_path / "more", TrainConfig(**{**frozen, "learning_rate": 2e-3},
+                                                         init_from=str(tiny_bundle)))
+    assert trained.config["init_from"] == str(tiny_bundle)
+    assert abs(_probabilities(tmp_path / "more", texts)[0] - start_kw).max() > 1e-4
+
+
+def test_init_from_refuses_another_label_schema(tiny_bundle, tiny_base, tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text("id,text,labels\n" + "".join(f"{n},배송이 빨라요 {n},배송 1\n{n}b,냄새가 나요 {n},냄새 -1\n"
+                                                 for n in range(6)), encoding="utf-8")
+    data = read_reviews(other)
+    config = TrainConfig(base=str(tiny_base), pooling="mean", sentiment_pooling="mean_keyword",
+                         init_from=str(tiny_bundle))
+    with pytest.raises(ReviewlensError, match="keywords .* differ"):
+        train(data, tmp_path / "out", config)
+    assert not (tmp_path / "out").exists()

@@ -67,18 +67,24 @@ def train(
     allow_new_keywords: bool = typer.Option(False, "--allow-new-keywords", help="Grow the schema on new keywords."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint "
                                 "(same data and config; checkpoints are in <model-out>.checkpoints)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Warm start: begin from this bundle's "
+                                             "models (same keywords, levels and base), e.g. after new labels."),
 ) -> None:
     """Train the keyword and sentiment models and write a bundle."""
+    from .bundle import ModelBundle
     from .data import read_reviews
     from .training import TrainConfig, train as train_bundle
 
     try:
-        overrides = {"base": base, "seed": seed, "report_to": report_to}
+        overrides = {"base": base, "seed": seed, "report_to": report_to,
+                     "init_from": str(init_from) if init_from else None}
         if epochs is not None:
             overrides.update(keyword_epochs=epochs, sentiment_epochs=epochs)
         cfg = TrainConfig.from_yaml(config, **overrides)
-        dataset = read_reviews(data, skip_bad_rows=skip_bad_rows, allow_new_keywords=allow_new_keywords,
-                               require_labels=True, aliases=cfg.aliases or None, levels=cfg.levels)
+        start_schema = ModelBundle.load(cfg.init_from).schema if cfg.init_from else None
+        dataset = read_reviews(data, schema=start_schema, skip_bad_rows=skip_bad_rows,
+                               allow_new_keywords=allow_new_keywords, require_labels=True,
+                               aliases=cfg.aliases or None, levels=cfg.levels)
         validation = None
         if validation_data is not None:
             validation = read_reviews(validation_data, schema=dataset.schema, skip_bad_rows=skip_bad_rows,

@@ -303,6 +303,40 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), tokenizer
 
 
+def init_classifier(model: nn.Module, directory: str | Path) -> None:
+    """Copy the weights of a classifier saved by ``save_classifier`` into a freshly built, trainable ``model``
+    of the same shape (warm start). LoRA adapters stay adapters, so training goes on where it stopped."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    head_file = directory / HEAD_FILE
+    if not head_file.exists():
+        raise ModelError(f"{directory}: not a reviewlens classifier directory ({HEAD_FILE} is missing)")
+    saved = HeadConfig(**json.loads(head_file.read_text(encoding="utf-8")))
+    head: HeadConfig = model.head_config
+    for name in ("problem_type", "pooling", "labels", "lora"):
+        if getattr(saved, name) != getattr(head, name):
+            raise ModelError(f"{directory}: cannot warm-start from it: its {name} is {getattr(saved, name)!r}, "
+                             f"this training's is {getattr(head, name)!r}")
+    if head.pooling == "cls":
+        source = AutoModelForSequenceClassification.from_pretrained(directory)
+        model.load_state_dict(source.state_dict())
+        return
+    if head.lora:
+        peft = require("peft", "peft")
+        adapter = load_file(str(directory / "adapter" / "adapter_model.safetensors"))
+        result = peft.set_peft_model_state_dict(model.encoder, adapter)
+        if result.unexpected_keys:
+            raise ModelError(f"{directory}/adapter does not fit this model: unexpected {result.unexpected_keys[:5]}")
+    else:
+        model.encoder.load_state_dict(load_encoder(directory).state_dict())
+    state = load_file(str(directory / "head.safetensors"))
+    missing = set(model.head_state_dict()) - set(state)
+    if missing:
+        raise ModelError(f"{directory}/head.safetensors lacks {sorted(missing)}")
+    model.load_state_dict(state, strict=False)
+
+
 def max_input_length(model: nn.Module, tokenizer, cap: int = 512) -> int:
     """The longest input the model takes: position embeddings (less RoBERTa's offset) and the tokenizer's limit."""
     config = model.config

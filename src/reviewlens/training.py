@@ -17,8 +17,8 @@ from .bundle import ModelBundle
 from .calibration import fit_thresholds
 from .data import ReviewDataset, atomic_write_text, train_validation_split
 from .errors import ReviewlensError
-from .modeling import (MULTI_LABEL, SINGLE_LABEL, build_classifier, check_keyword_marker, keyword_marker_pieces,
-                       last_index, max_input_length, save_classifier)
+from .modeling import (MULTI_LABEL, SINGLE_LABEL, build_classifier, check_keyword_marker, init_classifier,
+                       keyword_marker_pieces, last_index, max_input_length, save_classifier)
 from .tasks import SENTIMENT_TEMPLATE, TEMPLATES, keyword_examples, sentiment_examples
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class TrainConfig:
     levels: list[int] | None = None
     logging_steps: int = 50
     checkpoint_dir: str | None = None  # default <model_out>.checkpoints; removed once the bundle is written
+    init_from: str | None = None  # a bundle (same schema, base and head) whose models training starts from
 
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, **overrides) -> "TrainConfig":
@@ -206,7 +207,10 @@ def _train_one(task: str, texts: list[str], labels: list, val_texts: list[str], 
     max_length = min(config.max_length, max_input_length(model, tokenizer))
     keep_keyword = task == "sentiment"
     train_set = _encode(tokenizer, texts, labels, max_length, keep_keyword)
-    if hasattr(model, "fit_normalizer"):
+    if config.init_from:  # warm start: the saved head keeps the feature statistics it was trained with
+        logger.info("%s model: starting from %s", task, Path(config.init_from) / task)
+        init_classifier(model, Path(config.init_from) / task)
+    elif hasattr(model, "fit_normalizer"):
         model.fit_normalizer(_normalizer_batches(train_set, tokenizer, config))
     has_val = len(val_texts) > 0
     val_set = _encode(tokenizer, val_texts, val_labels, max_length, keep_keyword) if has_val else None
@@ -344,6 +348,21 @@ def _prepare_checkpoints(directory: Path, info: dict, resume: bool) -> None:
     atomic_write_text(run_file, json.dumps(info, ensure_ascii=False, indent=2))
 
 
+def _check_warm_start(start: ModelBundle, dataset: ReviewDataset, config: TrainConfig) -> None:
+    """A warm start needs the starting bundle's keywords, levels and base: the heads are copied as they are."""
+    where = f"init_from {config.init_from}"
+    if start.kind != "classifier":
+        raise ReviewlensError(f"{where}: a {start.kind} bundle; warm start needs a classifier bundle")
+    if start.schema.keywords != dataset.schema.keywords or start.schema.levels != dataset.schema.levels:
+        raise ReviewlensError(
+            f"{where}: its keywords {start.schema.keywords} and levels {start.schema.levels} differ from the data's "
+            f"{dataset.schema.keywords} and {dataset.schema.levels} ({dataset.source}); a warm start keeps the "
+            "heads, so the label schema must be the same (train from the base instead)")
+    if start.base_model != config.base:
+        raise ReviewlensError(f"{where}: it was trained on base {start.base_model!r}, this config says "
+                              f"{config.base!r}")
+
+
 def _distributed_state():
     """accelerate's PartialState under torchrun / accelerate launch (WORLD_SIZE > 1), else None."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -367,6 +386,8 @@ def train(dataset: ReviewDataset, output_dir: str | Path, config: TrainConfig | 
     config = config or TrainConfig()
     if not dataset.labeled:
         raise ReviewlensError(f"{dataset.source}: every training review needs labels")
+    if config.init_from:
+        _check_warm_start(ModelBundle.load(config.init_from), dataset, config)
     if validation is None:
         dataset, validation = train_validation_split(dataset, config.validation_size, config.seed)
     validation.schema = dataset.schema
