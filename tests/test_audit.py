@@ -275,3 +275,11 @@ def test_an_empty_label_where_almost_every_review_has_a_keyword_ranks_first():
     predictions = Predictions(probs, pairs, np.array([[0.05, 0.05, 0.9]] * len(pairs)), "toy model")
     order = rank_reviews(dataset, predictions)
     assert order[0] == 0 and order[1] == 5
+
+
+def test_out_of_fold_training_refuses_a_warm_start(tmp_path):
+    from reviewlens.training import TrainConfig
+
+    dataset, _ = _toy()
+    with pytest.raises(ReviewlensError, match="cannot warm-start"):
+        out_of_fold_predictions(dataset, TrainConfig(init_from=str(tmp_path)), folds=2)

@@ -133,6 +133,9 @@ def transformer_fit(config, workdir: str | Path) -> Callable[[ReviewDataset, int
     from .training import TrainConfig, train
 
     config = replace(config or TrainConfig(), checkpoint_dir=None)  # each fold checkpoints next to its bundle
+    if config.init_from:
+        raise ReviewlensError(f"init_from {config.init_from}: out-of-fold models cannot warm-start from a bundle, "
+                              "which has seen the held-out reviews' labels; train them from the base")
 
     def fit(part: ReviewDataset, fold: int):
         bundle = train(part, Path(workdir) / f"fold-{fold}", config)
