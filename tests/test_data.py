@@ -420,3 +420,23 @@ def test_a_pool_read_without_labels_keeps_reviews_whose_annotation_is_broken(tmp
     pool = read_reviews(path, ignore_labels=True)
     assert pool.ids == ["a", "b", "c"] and all(r.labels is None for r in pool)
     assert read_texts(path)[0] == ["a", "b", "c"]
+
+
+def test_span_sentiment_examples_keep_each_mention_level(tmp_path):
+    """AI Hub aspects: a keyword annotated twice keeps one level in the review's labels, but each span keeps its
+    own; a mention without a span text gives no span example."""
+    from reviewlens.tasks import span_sentiment_examples
+
+    path = tmp_path / "aihub.jsonl"
+    rows = [{"id": "a1", "text": "디자인은 예쁜데 사이즈가 커요 사이즈 교환은 쉬웠어요",
+             "aspects": [{"aspect": "디자인", "polarity": "positive", "span": "디자인은 예쁜데"},
+                         {"aspect": "사이즈", "polarity": "negative", "span": "사이즈가 커요"},
+                         {"aspect": "사이즈", "polarity": "positive", "span": "사이즈 교환은 쉬웠어요"},
+                         {"aspect": "가격", "polarity": "positive"}]}]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    dataset = read_reviews(path)
+    examples = span_sentiment_examples(dataset)
+    levels = dataset.schema.levels
+    assert [(e.text, levels[e.label]) for e in examples] == [
+        ("###입력: 디자인은 예쁜데\n###키워드: 디자인", 1), ("###입력: 사이즈가 커요\n###키워드: 사이즈", -1),
+        ("###입력: 사이즈 교환은 쉬웠어요\n###키워드: 사이즈", 1)]

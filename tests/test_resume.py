@@ -314,6 +314,15 @@ def test_init_from_warm_starts_both_models_from_a_bundle(tiny_bundle, tiny_base,
                                                          init_from=str(tiny_bundle)))
     assert trained.config["init_from"] == str(tiny_bundle)
     assert abs(_probabilities(tmp_path / "more", texts)[0] - start_kw).max() > 1e-4
+    # 0 epochs keeps a model as it starts: here the keyword model, while the sentiment model trains on
+    train(data, tmp_path / "sentiment-only", TrainConfig(**{**frozen, "learning_rate": 2e-3, "keyword_epochs": 0},
+                                                         init_from=str(tiny_bundle)))
+    kept_kw, trained_st = _probabilities(tmp_path / "sentiment-only", texts)
+    assert kept_kw == pytest.approx(start_kw, abs=1e-5) and abs(trained_st - start_st).max() > 1e-4
+    with pytest.raises(ReviewlensError, match="keyword_epochs is 0: nothing to train"):
+        train(data, tmp_path / "nothing", TrainConfig(**{**frozen, "keyword_epochs": 0}))
+    with pytest.raises(ReviewlensError, match="no review has gold mention spans"):  # a CSV has none
+        train(data, tmp_path / "spans", TrainConfig(**frozen, span_examples=True))
 
 
 def test_init_from_refuses_another_label_schema(tiny_bundle, tiny_base, tmp_path):

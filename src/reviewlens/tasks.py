@@ -61,6 +61,19 @@ def sentiment_examples(dataset, template: str = SENTIMENT_TEMPLATE) -> list[Sent
     ]
 
 
+def span_sentiment_examples(dataset, template: str = SENTIMENT_TEMPLATE) -> list[SentimentExample]:
+    """One example per gold mention that has its own text (``Review.spans``: AI Hub and NIKL aspect spans):
+    the mention's words alone with its keyword, labeled with the mention's own level. A review's pair keeps
+    one level per keyword (``LabelSchema`` rules for a keyword annotated twice); its spans keep each one."""
+    schema = dataset.schema
+    return [
+        SentimentExample(sentiment_input(span["text"], span["keyword"], template), schema.level_index(span["level"]))
+        for review in dataset.reviews
+        for span in review.spans or []
+        if span.get("text") and span["keyword"] in schema.keywords and span["level"] in schema.levels
+    ]
+
+
 def generative_examples(dataset, template: str = GENERATIVE_PROMPT_TEMPLATE) -> list[tuple[str, str]]:
     """(prompt, completion) pairs for the generative baseline."""
     return [(generative_prompt(r.text, template), dataset.schema.format(r.labels or {})) for r in dataset.reviews]

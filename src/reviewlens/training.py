@@ -19,7 +19,7 @@ from .data import ReviewDataset, atomic_write_text, train_validation_split
 from .errors import ReviewlensError
 from .modeling import (MULTI_LABEL, SINGLE_LABEL, build_classifier, check_keyword_marker, init_classifier,
                        keyword_marker_pieces, last_index, max_input_length, save_classifier)
-from .tasks import SENTIMENT_TEMPLATE, TEMPLATES, keyword_examples, sentiment_examples
+from .tasks import SENTIMENT_TEMPLATE, TEMPLATES, keyword_examples, sentiment_examples, span_sentiment_examples
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class TrainConfig:
     logging_steps: int = 50
     checkpoint_dir: str | None = None  # default <model_out>.checkpoints; removed once the bundle is written
     init_from: str | None = None  # a bundle (same schema, base and head) whose models training starts from
+    span_examples: bool = False  # sentiment model: also every gold mention's own words with its level
 
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, **overrides) -> "TrainConfig":
@@ -200,6 +201,13 @@ def _train_one(task: str, texts: list[str], labels: list, val_texts: list[str], 
     if pooling == "mean_keyword":
         check_keyword_marker(tokenizer, model.head_config.marker_id, keywords or [])
     final = workdir / task / FINAL_WEIGHTS
+    if not epochs:
+        if not config.init_from:
+            raise ReviewlensError(f"{task}_epochs is 0: nothing to train (0 epochs keeps a warm start's model, "
+                                  "with init_from)")
+        logger.info("%s model: 0 epochs, kept as it is in %s", task, config.init_from)
+        init_classifier(model, Path(config.init_from) / task)
+        return model.eval(), tokenizer
     if resume and final.is_file():
         logger.info("%s model: finished in the interrupted run, loading %s", task, final)
         load_model(model, str(final))
@@ -273,6 +281,10 @@ def train_sentiment_model(train: ReviewDataset, validation: ReviewDataset, confi
     tr, va = sentiment_examples(train), sentiment_examples(validation)
     if not tr:
         raise ReviewlensError(f"{train.source}: no labeled (review, keyword) pairs to train the sentiment model on")
+    if config.span_examples:
+        spans = span_sentiment_examples(train)
+        logger.info("sentiment model: %d (review, keyword) pairs + %d gold mention spans", len(tr), len(spans))
+        tr = tr + spans
     return _train_one("sentiment", [e.text for e in tr], [e.label for e in tr], [e.text for e in va],
                       [e.label for e in va], train.schema.level_names(), SINGLE_LABEL, config,
                       config.sentiment_epochs, workdir, resume, keywords=list(train.schema.keywords))
@@ -388,6 +400,9 @@ def train(dataset: ReviewDataset, output_dir: str | Path, config: TrainConfig | 
         raise ReviewlensError(f"{dataset.source}: every training review needs labels")
     if config.init_from:
         _check_warm_start(ModelBundle.load(config.init_from), dataset, config)
+    if config.span_examples and not span_sentiment_examples(dataset):
+        raise ReviewlensError(f"{dataset.source}: span_examples is set, but no review has gold mention spans "
+                              "(AI Hub aspects with 'span', NIKL annotations with a target)")
     if validation is None:
         dataset, validation = train_validation_split(dataset, config.validation_size, config.seed)
     validation.schema = dataset.schema
