@@ -27,18 +27,22 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "fashion-default.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "models" / "default")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--init-from", type=Path, default=None, help="warm start from this bundle's models")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
+    from reviewlens.bundle import ModelBundle
     from reviewlens.data import read_reviews
     from reviewlens.evaluation import evaluate_bundle
     from reviewlens.training import TrainConfig, train
 
-    config = TrainConfig.from_yaml(args.config, seed=args.seed)
-    data = read_reviews(args.data, aliases=config.aliases or None, levels=config.levels)
-    start = time.perf_counter()
+    config = TrainConfig.from_yaml(args.config, seed=args.seed,
+                                   init_from=str(args.init_from) if args.init_from else None)
+    start = ModelBundle.load(config.init_from).schema if config.init_from else None
+    data = read_reviews(args.data, start, aliases=config.aliases or None, levels=config.levels)
+    began = time.perf_counter()
     bundle = train(data, args.out, config)
-    minutes = (time.perf_counter() - start) / 60
+    minutes = (time.perf_counter() - began) / 60
     result = evaluate_bundle(args.out, args.dev)
     bundle.metrics["dev"] = {"data": args.dev.name, **result.summary()}
     bundle.metrics["train_minutes"] = round(minutes, 1)
