@@ -31,15 +31,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    from reviewlens.bundle import ModelBundle
     from reviewlens.data import read_reviews
     from reviewlens.evaluation import evaluate_bundle
-    from reviewlens.training import TrainConfig, train
+    from reviewlens.training import TrainConfig, train, warm_start_schema
 
     config = TrainConfig.from_yaml(args.config, seed=args.seed,
                                    init_from=str(args.init_from) if args.init_from else None)
-    start = ModelBundle.load(config.init_from).schema if config.init_from else None
-    data = read_reviews(args.data, start, aliases=config.aliases or None, levels=config.levels)
+    data = read_reviews(args.data, warm_start_schema(config), aliases=config.aliases or None, levels=config.levels)
     began = time.perf_counter()
     bundle = train(data, args.out, config)
     minutes = (time.perf_counter() - began) / 60

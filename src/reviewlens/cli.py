@@ -71,9 +71,8 @@ def train(
                                              "models (same keywords, levels and base), e.g. after new labels."),
 ) -> None:
     """Train the keyword and sentiment models and write a bundle."""
-    from .bundle import ModelBundle
     from .data import read_reviews
-    from .training import TrainConfig, train as train_bundle
+    from .training import TrainConfig, train as train_bundle, warm_start_schema
 
     try:
         overrides = {"base": base, "seed": seed, "report_to": report_to,
@@ -81,8 +80,7 @@ def train(
         if epochs is not None:
             overrides.update(keyword_epochs=epochs, sentiment_epochs=epochs)
         cfg = TrainConfig.from_yaml(config, **overrides)
-        start_schema = ModelBundle.load(cfg.init_from).schema if cfg.init_from else None
-        dataset = read_reviews(data, schema=start_schema, skip_bad_rows=skip_bad_rows,
+        dataset = read_reviews(data, schema=warm_start_schema(cfg), skip_bad_rows=skip_bad_rows,
                                allow_new_keywords=allow_new_keywords, require_labels=True,
                                aliases=cfg.aliases or None, levels=cfg.levels)
         validation = None

@@ -275,13 +275,8 @@ def save_classifier(model: nn.Module, tokenizer, directory: str | Path) -> None:
 
 def load_classifier(directory: str | Path, device: str | torch.device = "cpu"):
     """Load a classifier written by ``save_classifier``; returns (model in eval mode, tokenizer)."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
-    head_file = directory / HEAD_FILE
-    if not head_file.exists():
-        raise ModelError(f"{directory}: not a reviewlens classifier directory ({HEAD_FILE} is missing)")
-    head = HeadConfig(**json.loads(head_file.read_text(encoding="utf-8")))
+    head = _saved_head(directory)
     tokenizer = AutoTokenizer.from_pretrained(resolve_base(head.base) if head.lora else directory)
     if head.pooling == "cls":
         model = AutoModelForSequenceClassification.from_pretrained(directory)
@@ -294,35 +289,28 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu"):
         else:
             encoder = load_encoder(directory)
         model = MeanPoolingClassifier(encoder, head)
-        state = load_file(str(directory / "head.safetensors"))
-        missing = set(model.head_state_dict()) - set(state)
-        if missing - {"feature_mean", "feature_scale"}:
-            raise ModelError(f"{directory}/head.safetensors lacks {sorted(missing)}")
-        model.load_state_dict(state, strict=False)
+        _load_head_state(model, directory, optional={"feature_mean", "feature_scale"})
     model.head_config = head
     return model.to(device).eval(), tokenizer
 
 
 def init_classifier(model: nn.Module, directory: str | Path) -> None:
     """Copy the weights of a classifier saved by ``save_classifier`` into a freshly built, trainable ``model``
-    of the same shape (warm start). LoRA adapters stay adapters, so training goes on where it stopped."""
-    from safetensors.torch import load_file
-
+    of the same shape (warm start). LoRA adapters stay adapters, so training goes on where it stopped; the head
+    keeps the feature statistics it was trained with."""
     directory = Path(directory)
-    head_file = directory / HEAD_FILE
-    if not head_file.exists():
-        raise ModelError(f"{directory}: not a reviewlens classifier directory ({HEAD_FILE} is missing)")
-    saved = HeadConfig(**json.loads(head_file.read_text(encoding="utf-8")))
+    saved = _saved_head(directory)
     head: HeadConfig = model.head_config
     for name in ("problem_type", "pooling", "labels", "lora"):
         if getattr(saved, name) != getattr(head, name):
             raise ModelError(f"{directory}: cannot warm-start from it: its {name} is {getattr(saved, name)!r}, "
                              f"this training's is {getattr(head, name)!r}")
     if head.pooling == "cls":
-        source = AutoModelForSequenceClassification.from_pretrained(directory)
-        model.load_state_dict(source.state_dict())
+        model.load_state_dict(AutoModelForSequenceClassification.from_pretrained(directory).state_dict())
         return
     if head.lora:
+        from safetensors.torch import load_file
+
         peft = require("peft", "peft")
         adapter = load_file(str(directory / "adapter" / "adapter_model.safetensors"))
         result = peft.set_peft_model_state_dict(model.encoder, adapter)
@@ -330,8 +318,23 @@ def init_classifier(model: nn.Module, directory: str | Path) -> None:
             raise ModelError(f"{directory}/adapter does not fit this model: unexpected {result.unexpected_keys[:5]}")
     else:
         model.encoder.load_state_dict(load_encoder(directory).state_dict())
+    _load_head_state(model, directory)
+
+
+def _saved_head(directory: Path) -> HeadConfig:
+    """The ``HeadConfig`` that ``save_classifier`` wrote into ``directory``."""
+    head_file = directory / HEAD_FILE
+    if not head_file.exists():
+        raise ModelError(f"{directory}: not a reviewlens classifier directory ({HEAD_FILE} is missing)")
+    return HeadConfig(**json.loads(head_file.read_text(encoding="utf-8")))
+
+
+def _load_head_state(model: "MeanPoolingClassifier", directory: Path, optional: set[str] = frozenset()) -> None:
+    """Load ``directory/head.safetensors`` into ``model``'s head; only the ``optional`` tensors may be absent."""
+    from safetensors.torch import load_file
+
     state = load_file(str(directory / "head.safetensors"))
-    missing = set(model.head_state_dict()) - set(state)
+    missing = set(model.head_state_dict()) - set(state) - set(optional)
     if missing:
         raise ModelError(f"{directory}/head.safetensors lacks {sorted(missing)}")
     model.load_state_dict(state, strict=False)

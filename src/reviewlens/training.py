@@ -19,6 +19,7 @@ from .data import ReviewDataset, atomic_write_text, train_validation_split
 from .errors import ReviewlensError
 from .modeling import (MULTI_LABEL, SINGLE_LABEL, build_classifier, check_keyword_marker, init_classifier,
                        keyword_marker_pieces, last_index, max_input_length, save_classifier)
+from .schema import LabelSchema
 from .tasks import SENTIMENT_TEMPLATE, TEMPLATES, keyword_examples, sentiment_examples, span_sentiment_examples
 
 logger = logging.getLogger(__name__)
@@ -201,10 +202,7 @@ def _train_one(task: str, texts: list[str], labels: list, val_texts: list[str], 
     if pooling == "mean_keyword":
         check_keyword_marker(tokenizer, model.head_config.marker_id, keywords or [])
     final = workdir / task / FINAL_WEIGHTS
-    if not epochs:
-        if not config.init_from:
-            raise ReviewlensError(f"{task}_epochs is 0: nothing to train (0 epochs keeps a warm start's model, "
-                                  "with init_from)")
+    if not epochs:  # train() has checked that there is a warm start to keep
         logger.info("%s model: 0 epochs, kept as it is in %s", task, config.init_from)
         init_classifier(model, Path(config.init_from) / task)
         return model.eval(), tokenizer
@@ -360,6 +358,11 @@ def _prepare_checkpoints(directory: Path, info: dict, resume: bool) -> None:
     atomic_write_text(run_file, json.dumps(info, ensure_ascii=False, indent=2))
 
 
+def warm_start_schema(config: TrainConfig) -> LabelSchema | None:
+    """The label schema of ``config.init_from``'s bundle (read the training data with it), or None."""
+    return ModelBundle.load(config.init_from).schema if config.init_from else None
+
+
 def _check_warm_start(start: ModelBundle, dataset: ReviewDataset, config: TrainConfig) -> None:
     """A warm start needs the starting bundle's keywords, levels and base: the heads are copied as they are."""
     where = f"init_from {config.init_from}"
@@ -400,6 +403,10 @@ def train(dataset: ReviewDataset, output_dir: str | Path, config: TrainConfig | 
         raise ReviewlensError(f"{dataset.source}: every training review needs labels")
     if config.init_from:
         _check_warm_start(ModelBundle.load(config.init_from), dataset, config)
+    for task in ("keyword", "sentiment"):
+        if not getattr(config, f"{task}_epochs") and not config.init_from:
+            raise ReviewlensError(f"{task}_epochs is 0: nothing to train (0 epochs keeps a warm start's model, "
+                                  "with init_from)")
     if config.span_examples and not span_sentiment_examples(dataset):
         raise ReviewlensError(f"{dataset.source}: span_examples is set, but no review has gold mention spans "
                               "(AI Hub aspects with 'span', NIKL annotations with a target)")
