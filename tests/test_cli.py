@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -26,6 +27,10 @@ def test_train_evaluate_analyze_on_real_rows(tiny_base, nikl_slice, tmp_path):
     assert manifest["config"]["seed"] == 7 and manifest["base_model"] == str(tiny_base)
     assert len(manifest["data_hash"]) == 64 and "transformers" in manifest["versions"]
     assert sorted(p.name for p in bundle.iterdir()) == ["keyword", "reviewlens.json", "sentiment"]
+    chosen = manifest["metrics"]["clause_weight_pipeline_f1"]  # the clause weight is chosen on validation
+    assert len(chosen) == 5 and manifest["clause_weight"] in [float(w) for w in chosen]
+    assert manifest["metrics"]["validation"]["pipeline_f1"] == pytest.approx(chosen[str(manifest["clause_weight"])],
+                                                                             abs=1e-4)
 
     result = runner.invoke(app, ["evaluate", "--model", str(bundle), "--data", str(nikl_slice), "--json",
                                  "--output", str(tmp_path / "report")])
@@ -87,3 +92,30 @@ def test_a_review_file_given_as_a_review_is_refused(tmp_path):
     result = runner.invoke(app, ["analyze", "--model", str(tmp_path / "nope"), str(reviews)])
     assert result.exit_code == 2
     assert "is a file, not a review" in result.output and f"--input {reviews}" in result.output
+
+
+def test_calibrate_refits_a_bundle_on_validation_data(tiny_bundle, tmp_path):
+    import shutil
+
+    from reviewlens.clause_sentiment import CLAUSE_WEIGHTS
+    from conftest import EXAMPLES
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    data = EXAMPLES / "fashion_reviews.csv"
+    result = runner.invoke(app, ["calibrate", "--model", str(bundle), "--data", str(data), "--clause-weight", "1"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((bundle / "reviewlens.json").read_text(encoding="utf-8"))
+    assert manifest["clause_weight"] == 1.0 and 0 <= manifest["metrics"]["validation"]["pipeline_f1"] <= 1
+
+    result = runner.invoke(app, ["calibrate", "--model", str(bundle), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((bundle / "reviewlens.json").read_text(encoding="utf-8"))
+    assert manifest["clause_weight"] in CLAUSE_WEIGHTS
+    best = max(manifest["metrics"]["clause_weight_pipeline_f1"].values())
+    assert manifest["metrics"]["clause_weight_pipeline_f1"][str(manifest["clause_weight"])] == best
+
+    before = (bundle / "reviewlens.json").read_bytes()
+    result = runner.invoke(app, ["calibrate", "--model", str(bundle), "--data", str(data), "--clause-weight", "2"])
+    assert result.exit_code != 0 and "clause_weight must be between 0 and 1" in result.output
+    assert (bundle / "reviewlens.json").read_bytes() == before  # a refused run leaves the bundle as it was

@@ -13,6 +13,7 @@ import numpy as np
 
 from .bundle import ModelBundle, resolve_bundle_path
 from .calibration import apply_thresholds
+from .clause_sentiment import pair_sentiment
 from .errors import ReviewlensError
 from .highlight import Highlight, check_sentiment_scope, clause_around, keyword_highlights, sentiment_highlights
 from .tasks import SENTIMENT_TEMPLATE
@@ -127,6 +128,9 @@ class ReviewAnalyzer:
                 sentiment_scope: str = "clause") -> list[ReviewAnalysis]:
         """Analyse reviews: keywords above threshold, their sentiment and (optionally) highlights.
 
+        A keyword's level pools the sentiment model's reading of the whole review with its reading of the
+        keyword's own clause, by the bundle's ``clause_weight`` (see ``reviewlens.clause_sentiment``).
+
         ``attribution`` picks how highlights are found: ``"occlusion"`` (mask each word, any backend) or
         ``"gradient"`` (gradient × input, torch bundles, cheaper; see ``reviewlens.attribution``).
         ``sentiment_scope`` picks where a keyword's sentiment highlights may lie: ``"clause"`` (the clause that
@@ -149,8 +153,7 @@ class ReviewAnalyzer:
             logger.warning("%d review(s) longer than the model's max length were truncated", n_long)
         chosen = self.predict_keywords(probs)
         pairs = [(j, self.keywords[k]) for j in range(len(live)) for k in np.flatnonzero(chosen[j])]
-        sent = self.scorer.sentiment_probs([live_texts[j] for j, _ in pairs], [kw for _, kw in pairs]) \
-            if pairs else np.zeros((0, len(self.levels)))
+        review_sent, sent = pair_sentiment(self.scorer, live_texts, pairs, self.keywords, self.bundle.clause_weight)
         level_names = [str(v) for v in self.levels]
         per_review: dict[int, list[KeywordResult]] = {j: [] for j in range(len(live))}
         for (j, kw), dist in zip(pairs, sent):
@@ -164,7 +167,9 @@ class ReviewAnalyzer:
             if attribution == "gradient":
                 from .attribution import keyword_highlights as kw_highlights, sentiment_highlights as st_highlights
             kw_hl = kw_highlights(self.scorer, live_texts, probs, targets, top_k)
-            st_pairs = [(j, kw, int(np.argmax(dist)), float(dist.max())) for (j, kw), dist in zip(pairs, sent)]
+            # the drops are measured on the whole-review model, so the base is its probability of the chosen level
+            st_pairs = [(j, kw, int(np.argmax(dist)), float(whole[np.argmax(dist)]))
+                        for (j, kw), dist, whole in zip(pairs, sent, review_sent)]
             scopes = None
             if sentiment_scope == "clause":
                 anchors = [kw_hl[j].get(self.keywords.index(kw)) for j, kw in pairs]

@@ -2,7 +2,7 @@
 
 ```
 bundle/
-  reviewlens.json   schema, thresholds, templates, base model, versions, data hash, metrics
+  reviewlens.json   schema, thresholds, clause weight, templates, base model, versions, data hash, metrics
   keyword/          the keyword classifier and its tokenizer
   sentiment/        the sentiment classifier and its tokenizer
 ```
@@ -55,6 +55,9 @@ class ModelBundle:
 
     schema: LabelSchema
     thresholds: dict[str, float] = field(default_factory=dict)
+    clause_weight: float = 0.0
+    """How much a keyword's level listens to its own clause rather than the whole review (see
+    ``reviewlens.clause_sentiment``); 0 reads the whole review only."""
     templates: dict[str, str] = field(default_factory=lambda: dict(TEMPLATES))
     base_model: str = ""
     kind: str = "classifier"

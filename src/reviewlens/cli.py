@@ -156,6 +156,32 @@ def evaluate(
         typer.echo(result.to_markdown())
 
 
+@app.command()
+def calibrate(
+    data: Path = typer.Option(..., "--data", help="Labeled validation reviews the bundle was not trained on."),
+    model: Path = typer.Option(..., "--model", "-m", help="Bundle directory to recalibrate (rewritten in place)."),
+    clause_weight: Optional[float] = typer.Option(None, "--clause-weight", help="Keep this clause weight (0-1) "
+                                                  "instead of choosing it on --data."),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows"),
+) -> None:
+    """Refit a bundle's keyword thresholds and clause weight on validation data (rewrites its reviewlens.json)."""
+    from .bundle import ModelBundle
+    from .data import read_reviews
+    from .training import calibrate_bundle
+
+    try:
+        path = model
+        schema = ModelBundle.load(path).schema
+        validation = read_reviews(data, schema=schema, skip_bad_rows=skip_bad_rows, require_labels=True,
+                                  aliases=schema.aliases or None)
+        bundle = calibrate_bundle(path, validation, clause_weight)
+    except ReviewlensError as exc:
+        _fail(exc)
+    typer.echo(f"{path}: clause weight {bundle.clause_weight}, thresholds of {len(bundle.thresholds)} keywords")
+    typer.echo(json.dumps({k: bundle.metrics[k] for k in ("validation", "clause_weight_pipeline_f1")
+                           if k in bundle.metrics}, ensure_ascii=False, indent=2))
+
+
 def print_table(results) -> None:
     """A readable table: review, keyword, sentiment, probability, highlighted words."""
     from rich.console import Console

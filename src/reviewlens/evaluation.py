@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .calibration import apply_thresholds
+from .clause_sentiment import pool, review_and_clause_sentiment
 from .data import ReviewDataset
 from .metrics import (category_f1, keyword_report, pair_f1, report_markdown, sentiment_confusion,
                       sentiment_report)
@@ -95,30 +96,44 @@ def evaluate_predictions(dataset: ReviewDataset, predicted_labels: list[dict[str
     return {"keywords": _headline(keyword_report(y_true, y_pred, schema.keywords)), "pipeline": pipeline}
 
 
+def scoring_pairs(dataset: ReviewDataset, keyword_probs: np.ndarray, thresholds: dict[str, float]
+                  ) -> tuple[list[tuple[int, str]], list[tuple[int, str]], list[tuple[int, str]]]:
+    """The gold (review, keyword) pairs, the predicted ones, and the sorted union whose levels are scored."""
+    schema = dataset.schema
+    chosen = apply_thresholds(keyword_probs, schema.keywords, thresholds)
+    gold_pairs = [(i, kw) for i, r in enumerate(dataset.reviews) for kw in (r.labels or {})]
+    pred_pairs = [(i, schema.keywords[k]) for i in range(len(dataset)) for k in np.flatnonzero(chosen[i])]
+    return gold_pairs, pred_pairs, sorted(set(gold_pairs) | set(pred_pairs))
+
+
 def evaluate_scorer(scorer, dataset: ReviewDataset, thresholds: dict[str, float],
-                    keyword_probs: np.ndarray | None = None) -> EvaluationResult:
-    """Run the pipeline on ``dataset`` and compare with its labels."""
+                    keyword_probs: np.ndarray | None = None, clause_weight: float = 0.0,
+                    sentiment: tuple[np.ndarray, np.ndarray] | None = None) -> EvaluationResult:
+    """Run the pipeline on ``dataset`` and compare with its labels.
+
+    A keyword's level pools the whole review with the keyword's clause by ``clause_weight``
+    (``clause_sentiment.pool``). ``keyword_probs`` and ``sentiment`` (the whole-review and clause level
+    distributions of ``scoring_pairs(...)``, from ``clause_sentiment.review_and_clause_sentiment``) reuse
+    passes already made.
+    """
     schema = dataset.schema
     texts = dataset.texts
     probs = scorer.keyword_probs(texts) if keyword_probs is None else keyword_probs
     if probs.shape[1] < schema.num_keywords:  # gold keywords the model does not know: never predicted, all misses
         probs = np.pad(probs, ((0, 0), (0, schema.num_keywords - probs.shape[1])))
-    chosen = apply_thresholds(probs, schema.keywords, thresholds)
-    gold = [r.labels or {} for r in dataset.reviews]
-    gold_pairs = [(i, kw) for i, g in enumerate(gold) for kw in g]
-    pred_pairs = [(i, schema.keywords[k]) for i in range(len(texts)) for k in np.flatnonzero(chosen[i])]
-    pairs = sorted(set(gold_pairs) | set(pred_pairs))
-    dists = scorer.sentiment_probs([texts[i] for i, _ in pairs], [kw for _, kw in pairs]) if pairs else None
+    gold_pairs, pred_pairs, pairs = scoring_pairs(dataset, probs, thresholds)
+    if sentiment is None:
+        sentiment = review_and_clause_sentiment(scorer, texts, pairs, schema.keywords, clause_weight > 0)
+    dists = pool(*sentiment, clause_weight)
     level_of = {pair: int(np.argmax(dists[j])) for j, pair in enumerate(pairs)}
     predicted = [dict() for _ in texts]
     for i, kw in pred_pairs:
         predicted[i][kw] = schema.levels[level_of[(i, kw)]]
     result = evaluate_predictions(dataset, predicted)
-    y_true = [schema.level_index(gold[i][kw]) for i, kw in gold_pairs]
+    y_true = [schema.level_index(dataset.reviews[i].labels[kw]) for i, kw in gold_pairs]
     y_pred = [level_of[p] for p in gold_pairs]
     names = schema.level_names()
-    sentiment = _headline(sentiment_report(y_true, y_pred, names))
-    return EvaluationResult(result["keywords"], sentiment, result["pipeline"],
+    return EvaluationResult(result["keywords"], _headline(sentiment_report(y_true, y_pred, names)), result["pipeline"],
                             sentiment_confusion(y_true, y_pred, len(names)), names)
 
 
@@ -151,4 +166,5 @@ def evaluate_bundle(model: str | Path | None, data, *, skip_bad_rows: bool = Fal
         raise ReviewlensError(f"{dataset.source}: evaluation needs labels on every review")
     if hasattr(analyzer, "evaluate"):  # a generative bundle evaluates through its own decoding
         return analyzer.evaluate(dataset)
-    return evaluate_scorer(analyzer.scorer, dataset, analyzer.bundle.thresholds)
+    return evaluate_scorer(analyzer.scorer, dataset, analyzer.bundle.thresholds,
+                           clause_weight=analyzer.bundle.clause_weight)

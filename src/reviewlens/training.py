@@ -15,6 +15,7 @@ import yaml
 
 from .bundle import ModelBundle
 from .calibration import fit_thresholds
+from .clause_sentiment import fit_clause_weight, review_and_clause_sentiment
 from .data import ReviewDataset, atomic_write_text, train_validation_split
 from .errors import ReviewlensError
 from .modeling import (MULTI_LABEL, SINGLE_LABEL, build_classifier, check_keyword_marker, init_classifier,
@@ -67,6 +68,7 @@ class TrainConfig:
     checkpoint_dir: str | None = None  # default <model_out>.checkpoints; removed once the bundle is written
     init_from: str | None = None  # a bundle (same schema, base and head) whose models training starts from
     span_examples: bool = False  # sentiment model: also every gold mention's own words with its level
+    clause_weight: float | None = None  # level from review vs keyword's clause; None: chosen on validation
 
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, **overrides) -> "TrainConfig":
@@ -387,6 +389,53 @@ def _distributed_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def calibrate(scorer, validation: ReviewDataset, min_support: int = 5, clause_weight: float | None = None
+              ) -> tuple[dict[str, float], float, dict]:
+    """Fit on labeled validation data what a bundle decides after training: each keyword's threshold
+    (``calibration.fit_thresholds``), then the clause weight of its levels (``clause_sentiment``; a given
+    ``clause_weight`` is kept). Returns (thresholds, clause weight, metrics with the validation summary and
+    the validation pipeline F1 of each clause weight tried)."""
+    from .evaluation import evaluate_scorer, scoring_pairs
+
+    if clause_weight is not None and not 0 <= clause_weight <= 1:
+        raise ReviewlensError(f"clause_weight must be between 0 and 1 (or unset, to choose it), not {clause_weight}")
+    keywords = validation.schema.keywords
+    probs = scorer.keyword_probs(validation.texts)
+    truth = np.array([e.targets for e in keyword_examples(validation)])
+    thresholds = fit_thresholds(probs, truth, keywords, min_support)
+    pairs = scoring_pairs(validation, probs, thresholds)[2]
+    sentiment = review_and_clause_sentiment(scorer, validation.texts, pairs, keywords, clause_weight != 0)
+
+    def result(weight: float):
+        return evaluate_scorer(scorer, validation, thresholds, probs, weight, sentiment)
+
+    metrics = {}
+    if clause_weight is None:
+        clause_weight, scores = fit_clause_weight(lambda w: result(w).summary()["pipeline_f1"])
+        metrics["clause_weight_pipeline_f1"] = {str(w): round(f, 4) for w, f in scores.items()}
+        logger.info("clause weight %s (validation pipeline F1 by weight: %s)", clause_weight, scores)
+    metrics = {"validation": result(clause_weight).summary(), **metrics}
+    return thresholds, float(clause_weight), metrics
+
+
+def calibrate_bundle(path: str | Path, validation: ReviewDataset, clause_weight: float | None = None) -> ModelBundle:
+    """Refit a saved bundle's thresholds and clause weight on ``validation`` and rewrite its manifest."""
+    from .analyzer import ReviewAnalyzer
+
+    analyzer = ReviewAnalyzer.from_pretrained(path)
+    bundle = analyzer.bundle
+    if bundle.kind != "classifier":
+        raise ReviewlensError(f"{path}: only classifier bundles have thresholds and a clause weight to calibrate")
+    if not len(validation):
+        raise ReviewlensError(f"{validation.source}: no reviews to calibrate on")
+    min_support = int(bundle.config.get("threshold_min_support", 5))
+    bundle.thresholds, bundle.clause_weight, metrics = calibrate(analyzer.scorer, validation, min_support,
+                                                                 clause_weight)
+    bundle.metrics.update(metrics)
+    bundle.write_manifest()
+    return bundle
+
+
 def train(dataset: ReviewDataset, output_dir: str | Path, config: TrainConfig | None = None,
           validation: ReviewDataset | None = None, *, resume: bool = False) -> ModelBundle:
     """Train both models, calibrate keyword thresholds on validation data and save a bundle.
@@ -395,7 +444,6 @@ def train(dataset: ReviewDataset, output_dir: str | Path, config: TrainConfig | 
     bundle is written; ``resume`` continues an interrupted run from them. Under torchrun / accelerate launch
     every process trains, and the main process alone calibrates and writes the bundle.
     """
-    from .evaluation import evaluate_scorer
     from .scoring import TorchScorer
 
     config = config or TrainConfig()
@@ -428,13 +476,12 @@ def train(dataset: ReviewDataset, output_dir: str | Path, config: TrainConfig | 
         state.wait_for_everyone()  # the main process calibrates and writes the bundle
         return ModelBundle.load(output_dir)
     scorer = TorchScorer(kw_model, kw_tok, st_model, st_tok, template=SENTIMENT_TEMPLATE)
-    thresholds, metrics = {}, {}
+    thresholds, clause_weight, metrics = {}, config.clause_weight or 0.0, {}
     if len(validation):
-        probs = scorer.keyword_probs(validation.texts)
-        truth = np.array([e.targets for e in keyword_examples(validation)])
-        thresholds = fit_thresholds(probs, truth, dataset.schema.keywords, config.threshold_min_support)
-        metrics = {"validation": evaluate_scorer(scorer, validation, thresholds, keyword_probs=probs).summary()}
-    bundle = ModelBundle(schema=dataset.schema, thresholds=thresholds, templates=dict(TEMPLATES),
+        thresholds, clause_weight, metrics = calibrate(scorer, validation, config.threshold_min_support,
+                                                       config.clause_weight)
+    bundle = ModelBundle(schema=dataset.schema, thresholds=thresholds, clause_weight=clause_weight,
+                         templates=dict(TEMPLATES),
                          base_model=config.base, metrics=metrics, data_hash=dataset.fingerprint(),
                          config=asdict(config))
     bundle.save(output_dir, {"keyword": lambda d: save_classifier(kw_model, kw_tok, d),

@@ -263,7 +263,8 @@ def compress(model: str | Path | None, output: str | Path, config: CompressConfi
 
     run_config = {**asdict(config), "source": str(source.path), "train_data": str(train_data) if train_data else None,
                   "unlabeled": str(unlabeled) if unlabeled else None, "corpus_texts": len(texts)}
-    bundle = ModelBundle(schema=source.schema, thresholds=dict(source.thresholds), templates=dict(source.templates),
+    bundle = ModelBundle(schema=source.schema, thresholds=dict(source.thresholds), clause_weight=source.clause_weight,
+                         templates=dict(source.templates),
                          base_model=source.base_model, kind="classifier", backend="onnx" if config.onnx else "torch",
                          metrics={"source": source.metrics}, data_hash=source.data_hash,
                          config={**source.config, "compress": run_config})
