@@ -118,6 +118,7 @@ def test_schema_health_ready_and_docs(client, analyzer):
     assert schema["keywords"] == list(analyzer.bundle.schema.keywords)
     assert schema["levels"] == list(analyzer.bundle.schema.levels)
     assert schema["thresholds"] == analyzer.bundle.thresholds
+    assert schema["clause_weight"] == analyzer.bundle.clause_weight
     assert schema["model"]["base_model"] == analyzer.bundle.base_model
     assert schema["model"]["name"] == Path(analyzer.bundle.path).name
     assert schema["limits"]["max_reviews"] == 8 and schema["limits"]["max_chars"] == 200

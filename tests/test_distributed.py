@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -66,7 +67,10 @@ def test_ray_engine_matches_the_local_path_and_resumes_by_file(tmp_path, tiny_bu
         report.raise_for_failures()
     n_a = len((EXAMPLES / "fashion_reviews.csv").read_text(encoding="utf-8").strip().splitlines()) - 1
     assert report.rows == n_a + 3 + 1
-    assert len(report.rows_per_worker) == 2, report.rows_per_worker  # both actors analysed reviews
+    # which of the 2 actors gets the blocks is Ray's scheduling (the first one up may take them all): per actor
+    # "node:pid", at most the pool's size
+    assert 1 <= len(report.rows_per_worker) <= 2, report.rows_per_worker
+    assert all(re.fullmatch(r".+:\d+", worker) for worker in report.rows_per_worker)
     assert sum(report.rows_per_worker.values()) == report.rows
     # the stale temp file is gone, the unreadable file has no output, the finished one is untouched
     assert sorted(p.name for p in out.iterdir()) == ["a.parquet", "b.parquet", "c.parquet", "done.parquet"]

@@ -528,11 +528,13 @@ def create_app(model: str | os.PathLike | Any | None = None, *, max_reviews: int
 
     @app.get("/v1/schema", tags=["model"])
     async def schema() -> dict:
-        """The bundle's keywords, sentiment levels, calibrated thresholds, model information and request limits."""
+        """The bundle's keywords, sentiment levels, calibrated thresholds and clause weight, model information and
+        request limits."""
         bundle = slot.bundle
         return {
             "keywords": list(bundle.schema.keywords), "levels": list(bundle.schema.levels),
-            "thresholds": dict(bundle.thresholds), "aliases": dict(getattr(bundle.schema, "aliases", {}) or {}),
+            "thresholds": dict(bundle.thresholds), "clause_weight": getattr(bundle, "clause_weight", 0.0),
+            "aliases": dict(getattr(bundle.schema, "aliases", {}) or {}),
             "model": {"path": str(slot.path) if slot.path else None, "name": slot.path.name if slot.path else None,
                       "base_model": bundle.base_model, "kind": bundle.kind, "backend": bundle.backend,
                       "created": bundle.created, "versions": bundle.versions, "metrics": bundle.metrics},
