@@ -123,3 +123,13 @@ def test_bundles_without_a_clause_weight_read_the_whole_review(tmp_path):
     assert data["clause_weight"] == 0.5
     data.pop("clause_weight")
     assert ModelBundle.from_dict(data).clause_weight == 0.0
+
+
+def test_selection_and_audit_see_the_levels_analyze_reports():
+    from reviewlens.selection import BundleSelectionModel
+
+    model = BundleSelectionModel(ReviewAnalyzer(_bundle(0.5), _ClauseScorer()))
+    dists = model.sentiment_probs([TEXT, TEXT], ["배송", "디자인"])
+    assert [int(np.argmax(d)) for d in dists] == [0, 2]  # 배송 -1 from its clause, 디자인 +1
+    whole = BundleSelectionModel(ReviewAnalyzer(_bundle(0.0), _ClauseScorer())).sentiment_probs([TEXT], ["배송"])
+    assert int(np.argmax(whole[0])) == 2

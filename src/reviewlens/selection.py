@@ -85,7 +85,12 @@ class BundleSelectionModel:
         return self.analyzer.scorer.keyword_probs(list(texts))
 
     def sentiment_probs(self, texts: Sequence[str], keywords: Sequence[str]) -> np.ndarray:
-        return self.analyzer.scorer.sentiment_probs(list(texts), list(keywords))
+        """The level distributions ``analyze`` reports: pooled with the keyword's clause by the bundle's weight."""
+        from .clause_sentiment import pair_sentiment
+
+        pairs = list(enumerate(keywords))
+        return pair_sentiment(self.analyzer.scorer, list(texts), pairs, self.keywords,
+                              self.analyzer.bundle.clause_weight)[1]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return encoder_embeddings(self.analyzer.scorer, texts)
