@@ -137,8 +137,9 @@ def baseline_row(train, dev) -> dict:
 def highlight_quality(analyzer, dev, attribution: str = "occlusion", sentiment_scope: str = "clause") -> dict:
     """Share of correctly predicted pairs whose top highlighted word overlaps a gold span of that keyword.
 
-    Beside it, two chance levels: a random word of the review, and a random word of the clause that holds the
-    keyword's top highlight (the candidates of clause-scoped sentiment highlights).
+    Beside it, two chance levels: a random word of the review, and a random word of the keyword's clause (the
+    candidates of clause-scoped sentiment highlights: the clause the level was read from when the bundle has a
+    clause weight, else the clause that holds the keyword's top highlight).
     """
     reviews = [r for r in dev if r.spans]
     start = time.perf_counter()
@@ -147,9 +148,16 @@ def highlight_quality(analyzer, dev, attribution: str = "occlusion", sentiment_s
     seconds = time.perf_counter() - start
     hits = {"keyword": 0, "sentiment": 0}
     random_hits, clause_hits, pairs = 0.0, 0.0, 0
+    from reviewlens.clause_sentiment import keyword_clauses
     from reviewlens.highlight import clause_around, in_scope, whitespace_words
 
-    for review, result in zip(reviews, results):
+    level_clauses = {}  # with a clause weight, sentiment highlights lie in the clause the level was read from
+    if sentiment_scope == "clause" and getattr(analyzer.bundle, "clause_weight", 0) > 0:
+        keys = [(j, k.keyword) for j, result in enumerate(results) for k in result.keywords]
+        found = keyword_clauses(analyzer.scorer, [r.text for r in reviews],
+                                [(j, analyzer.keywords.index(kw)) for j, kw in keys])
+        level_clauses = dict(zip(keys, found))
+    for j, (review, result) in enumerate(zip(reviews, results)):
         for k in result.keywords:
             if k.keyword not in review.labels:
                 continue
@@ -162,7 +170,9 @@ def highlight_quality(analyzer, dev, attribution: str = "occlusion", sentiment_s
             hits["sentiment"] += bool(k.sentiment_highlights) and inside(k.sentiment_highlights[0])
             words = whitespace_words(review.text)
             random_hits += np.mean([any(ws < e and s < we for s, e in spans) for _, ws, we in words])
-            if k.highlights:
+            if level_clauses:
+                words = in_scope(words, level_clauses[(j, k.keyword)])
+            elif k.highlights:
                 words = in_scope(words, clause_around(review.text, k.highlights[0].start))
             clause_hits += np.mean([any(ws < e and s < we for s, e in spans) for _, ws, we in words])
     return {"attribution": attribution, "sentiment_scope": sentiment_scope, "pairs": pairs,

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from reviewlens.analyzer import ReviewAnalyzer  # noqa: E402
-from reviewlens.clause_sentiment import CLAUSE_WEIGHTS, review_and_clause_sentiment  # noqa: E402
+from reviewlens.clause_sentiment import CLAUSE_WEIGHTS, pair_sentiment  # noqa: E402
 from reviewlens.data import read_reviews  # noqa: E402
 from reviewlens.evaluation import evaluate_scorer, scoring_pairs  # noqa: E402
 
@@ -43,7 +43,7 @@ def main() -> None:
     dev = read_reviews(args.data, schema, aliases=schema.aliases)
     probs = scorer.keyword_probs(dev.texts)
     pairs = scoring_pairs(dev, probs, thresholds)[2]
-    sentiment = review_and_clause_sentiment(scorer, dev.texts, pairs, schema.keywords)
+    sentiment = pair_sentiment(scorer, dev.texts, pairs, schema.keywords)
     print(f"{args.data.name}: {len(dev)} reviews; the bundle's clause weight: {analyzer.bundle.clause_weight} "
           f"(chosen on validation: {analyzer.bundle.metrics.get('clause_weight_pipeline_f1', 'not recorded')})")
     print("| clause weight | pipeline F1 | sentiment macro-F1 | sentiment micro-F1 |\n|---:|---:|---:|---:|")

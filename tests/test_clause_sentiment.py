@@ -5,8 +5,7 @@ import pytest
 
 from reviewlens.analyzer import ReviewAnalyzer
 from reviewlens.bundle import ModelBundle
-from reviewlens.clause_sentiment import (CLAUSE_WEIGHTS, fit_clause_weight, keyword_clauses, pool,
-                                         review_and_clause_sentiment)
+from reviewlens.clause_sentiment import CLAUSE_WEIGHTS, fit_clause_weight, keyword_clauses, pair_sentiment, pool
 from reviewlens.data import Review, ReviewDataset
 from reviewlens.errors import ReviewlensError
 from reviewlens.evaluation import evaluate_scorer
@@ -79,15 +78,22 @@ def test_the_clause_weight_moves_the_level_the_analyzer_reports():
     assert pooled["배송"].sentiment_highlights[0].score > 0
 
 
-def test_review_and_clause_sentiment_skips_clause_passes_when_asked():
+def test_pair_sentiment_skips_clause_passes_when_asked():
     scorer = _ClauseScorer()
-    review, clause = review_and_clause_sentiment(scorer, [TEXT], [(0, "배송")], KEYWORDS, compute_clause=False)
-    assert clause is review and scorer.sentiment_inputs == [TEXT]
-    review, clause = review_and_clause_sentiment(scorer, [TEXT], [(0, "배송")], KEYWORDS)
-    assert int(np.argmax(review[0])) == 2 and int(np.argmax(clause[0])) == 0
-    assert scorer.sentiment_inputs[-1] == "배송은 늦어요"
-    empty = review_and_clause_sentiment(scorer, [TEXT], [], KEYWORDS)
-    assert empty[0].shape[0] == empty[1].shape[0] == 0
+    plain = pair_sentiment(scorer, [TEXT], [(0, "배송")], KEYWORDS, read_clause=False)
+    assert plain.clause is plain.review and plain.clauses == [None] and scorer.sentiment_inputs == [TEXT]
+    read = pair_sentiment(scorer, [TEXT], [(0, "배송")], KEYWORDS)
+    assert int(np.argmax(read.review[0])) == 2 and int(np.argmax(read.clause[0])) == 0
+    assert TEXT[slice(*read.clauses[0])] == "배송은 늦어요" and scorer.sentiment_inputs[-1] == "배송은 늦어요"
+    np.testing.assert_allclose(read.pooled(0.5), pool(read.review, read.clause, 0.5))
+    empty = pair_sentiment(scorer, [TEXT], [], KEYWORDS)
+    assert empty.review.shape[0] == empty.clause.shape[0] == len(empty.clauses) == 0
+    assert empty.pooled(0.5).shape[0] == 0
+
+
+def test_reviews_without_keywords_pass_through_a_clause_weighted_bundle():
+    results = ReviewAnalyzer(_bundle(0.5), _ClauseScorer()).analyze(["색이 예뻐요 정말", "좋아요"])
+    assert [r.keywords for r in results] == [[], []]
 
 
 def test_fit_clause_weight_takes_the_best_and_ties_to_the_smaller():

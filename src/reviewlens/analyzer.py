@@ -153,7 +153,9 @@ class ReviewAnalyzer:
             logger.warning("%d review(s) longer than the model's max length were truncated", n_long)
         chosen = self.predict_keywords(probs)
         pairs = [(j, self.keywords[k]) for j in range(len(live)) for k in np.flatnonzero(chosen[j])]
-        review_sent, sent = pair_sentiment(self.scorer, live_texts, pairs, self.keywords, self.bundle.clause_weight)
+        weight = self.bundle.clause_weight
+        sentiment = pair_sentiment(self.scorer, live_texts, pairs, self.keywords, read_clause=weight > 0)
+        sent = sentiment.pooled(weight)
         level_names = [str(v) for v in self.levels]
         per_review: dict[int, list[KeywordResult]] = {j: [] for j in range(len(live))}
         for (j, kw), dist in zip(pairs, sent):
@@ -169,9 +171,11 @@ class ReviewAnalyzer:
             kw_hl = kw_highlights(self.scorer, live_texts, probs, targets, top_k)
             # the drops are measured on the whole-review model, so the base is its probability of the chosen level
             st_pairs = [(j, kw, int(np.argmax(dist)), float(whole[np.argmax(dist)]))
-                        for (j, kw), dist, whole in zip(pairs, sent, review_sent)]
+                        for (j, kw), dist, whole in zip(pairs, sent, sentiment.review)]
             scopes = None
-            if sentiment_scope == "clause":
+            if sentiment_scope == "clause" and weight > 0:  # the clause the level was read from
+                scopes = sentiment.clauses
+            elif sentiment_scope == "clause":
                 anchors = [kw_hl[j].get(self.keywords.index(kw)) for j, kw in pairs]
                 scopes = [clause_around(live_texts[j], anchor[0].start) if anchor else None
                           for (j, _), anchor in zip(pairs, anchors)]

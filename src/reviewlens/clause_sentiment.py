@@ -15,6 +15,7 @@ pooled with w = 0.5, the weight its validation split chose (``benchmarks/clause_
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def keyword_clauses(scorer, texts: Sequence[str], pairs: Sequence[tuple[int, int
 
 def pool(review: np.ndarray, clause: np.ndarray, weight: float) -> np.ndarray:
     """Log-linear pooling of two (m, L) level distributions: ∝ review ** (1 - weight) * clause ** weight."""
-    if weight == 0:
+    if weight == 0 or len(review) == 0:
         return review
     eps = 1e-12
     logits = (1 - weight) * np.log(review + eps) + weight * np.log(clause + eps)
@@ -65,17 +66,30 @@ def pool(review: np.ndarray, clause: np.ndarray, weight: float) -> np.ndarray:
     return out / out.sum(axis=1, keepdims=True)
 
 
-def review_and_clause_sentiment(scorer, texts: Sequence[str], pairs: Sequence[tuple[int, str]],
-                                keywords: Sequence[str], compute_clause: bool = True
-                                ) -> tuple[np.ndarray, np.ndarray]:
-    """Level distributions of each (review index, keyword) pair from the whole review and from the keyword's
-    clause (``keyword_clauses``; the whole review's where the review is one clause). With ``compute_clause``
-    False, the second array is the first (no clause passes)."""
+@dataclass
+class PairSentiment:
+    """Level distributions of (review index, keyword) pairs read from the whole review and from the keyword's
+    clause, and that clause's [start, end) range (None: the review is one clause, or it was not read)."""
+
+    review: np.ndarray
+    clause: np.ndarray
+    clauses: list[Range | None]
+
+    def pooled(self, weight: float) -> np.ndarray:
+        """The levels as the bundle reports them: ``pool(review, clause, weight)``."""
+        return pool(self.review, self.clause, weight)
+
+
+def pair_sentiment(scorer, texts: Sequence[str], pairs: Sequence[tuple[int, str]], keywords: Sequence[str],
+                   read_clause: bool = True) -> PairSentiment:
+    """The sentiment model's readings of each (review index, keyword) pair: the whole review and, with
+    ``read_clause``, the keyword's clause (``keyword_clauses``; the whole review's reading where the review is
+    one clause). Without it the clause reading is the review's and no clause is found (no extra passes)."""
     if not pairs:
-        return np.zeros((0, 0)), np.zeros((0, 0))
+        return PairSentiment(np.zeros((0, 0)), np.zeros((0, 0)), [])
     review = scorer.sentiment_probs([texts[i] for i, _ in pairs], [kw for _, kw in pairs])
-    if not compute_clause:
-        return review, review
+    if not read_clause:
+        return PairSentiment(review, review, [None] * len(pairs))
     index = {kw: k for k, kw in enumerate(keywords)}
     ranges = keyword_clauses(scorer, texts, [(i, index.get(kw, len(keywords))) for i, kw in pairs])
     clause = review.copy()
@@ -83,14 +97,7 @@ def review_and_clause_sentiment(scorer, texts: Sequence[str], pairs: Sequence[tu
     if todo:
         clause[todo] = scorer.sentiment_probs([texts[pairs[p][0]][ranges[p][0]:ranges[p][1]] for p in todo],
                                               [pairs[p][1] for p in todo])
-    return review, clause
-
-
-def pair_sentiment(scorer, texts: Sequence[str], pairs: Sequence[tuple[int, str]], keywords: Sequence[str],
-                   clause_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """(whole-review distributions, pooled distributions) of each (review index, keyword) pair."""
-    review, clause = review_and_clause_sentiment(scorer, texts, pairs, keywords, compute_clause=clause_weight > 0)
-    return review, pool(review, clause, clause_weight)
+    return PairSentiment(review, clause, ranges)
 
 
 def fit_clause_weight(score: Callable[[float], float], weights: Sequence[float] = CLAUSE_WEIGHTS

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .calibration import apply_thresholds
-from .clause_sentiment import pool, review_and_clause_sentiment
+from .clause_sentiment import PairSentiment, pair_sentiment
 from .data import ReviewDataset
 from .metrics import (category_f1, keyword_report, pair_f1, report_markdown, sentiment_confusion,
                       sentiment_report)
@@ -108,13 +108,12 @@ def scoring_pairs(dataset: ReviewDataset, keyword_probs: np.ndarray, thresholds:
 
 def evaluate_scorer(scorer, dataset: ReviewDataset, thresholds: dict[str, float],
                     keyword_probs: np.ndarray | None = None, clause_weight: float = 0.0,
-                    sentiment: tuple[np.ndarray, np.ndarray] | None = None) -> EvaluationResult:
+                    sentiment: PairSentiment | None = None) -> EvaluationResult:
     """Run the pipeline on ``dataset`` and compare with its labels.
 
     A keyword's level pools the whole review with the keyword's clause by ``clause_weight``
-    (``clause_sentiment.pool``). ``keyword_probs`` and ``sentiment`` (the whole-review and clause level
-    distributions of ``scoring_pairs(...)``, from ``clause_sentiment.review_and_clause_sentiment``) reuse
-    passes already made.
+    (``clause_sentiment.pool``). ``keyword_probs`` and ``sentiment`` (``clause_sentiment.pair_sentiment`` of
+    the pairs of ``scoring_pairs(...)``) reuse passes already made.
     """
     schema = dataset.schema
     texts = dataset.texts
@@ -123,8 +122,8 @@ def evaluate_scorer(scorer, dataset: ReviewDataset, thresholds: dict[str, float]
         probs = np.pad(probs, ((0, 0), (0, schema.num_keywords - probs.shape[1])))
     gold_pairs, pred_pairs, pairs = scoring_pairs(dataset, probs, thresholds)
     if sentiment is None:
-        sentiment = review_and_clause_sentiment(scorer, texts, pairs, schema.keywords, clause_weight > 0)
-    dists = pool(*sentiment, clause_weight)
+        sentiment = pair_sentiment(scorer, texts, pairs, schema.keywords, read_clause=clause_weight > 0)
+    dists = sentiment.pooled(clause_weight)
     level_of = {pair: int(np.argmax(dists[j])) for j, pair in enumerate(pairs)}
     predicted = [dict() for _ in texts]
     for i, kw in pred_pairs:

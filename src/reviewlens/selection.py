@@ -88,9 +88,9 @@ class BundleSelectionModel:
         """The level distributions ``analyze`` reports: pooled with the keyword's clause by the bundle's weight."""
         from .clause_sentiment import pair_sentiment
 
-        pairs = list(enumerate(keywords))
-        return pair_sentiment(self.analyzer.scorer, list(texts), pairs, self.keywords,
-                              self.analyzer.bundle.clause_weight)[1]
+        weight = self.analyzer.bundle.clause_weight
+        return pair_sentiment(self.analyzer.scorer, list(texts), list(enumerate(keywords)), self.keywords,
+                              read_clause=weight > 0).pooled(weight)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return encoder_embeddings(self.analyzer.scorer, texts)

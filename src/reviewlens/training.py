@@ -15,7 +15,7 @@ import yaml
 
 from .bundle import ModelBundle
 from .calibration import fit_thresholds
-from .clause_sentiment import fit_clause_weight, review_and_clause_sentiment
+from .clause_sentiment import fit_clause_weight, pair_sentiment
 from .data import ReviewDataset, atomic_write_text, train_validation_split
 from .errors import ReviewlensError
 from .modeling import (MULTI_LABEL, SINGLE_LABEL, build_classifier, check_keyword_marker, init_classifier,
@@ -404,7 +404,7 @@ def calibrate(scorer, validation: ReviewDataset, min_support: int = 5, clause_we
     truth = np.array([e.targets for e in keyword_examples(validation)])
     thresholds = fit_thresholds(probs, truth, keywords, min_support)
     pairs = scoring_pairs(validation, probs, thresholds)[2]
-    sentiment = review_and_clause_sentiment(scorer, validation.texts, pairs, keywords, clause_weight != 0)
+    sentiment = pair_sentiment(scorer, validation.texts, pairs, keywords, read_clause=clause_weight != 0)
 
     def result(weight: float):
         return evaluate_scorer(scorer, validation, thresholds, probs, weight, sentiment)
