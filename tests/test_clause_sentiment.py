@@ -59,6 +59,10 @@ def test_keyword_clauses_pick_the_clause_where_the_keyword_fires():
     assert ranges[2] is None  # one clause: the review itself
     assert ranges[3] is None  # not a keyword of the model
     assert scorer.keyword_inputs == ["옷은 예쁘지만", "배송은 늦어요"]  # only reviews with several clauses
+    repeated = _ClauseScorer()  # a review listed once per keyword (as selection does) is scored once
+    ranges = keyword_clauses(repeated, [TEXT, TEXT], [(0, 0), (1, 1)])
+    assert [TEXT[slice(*r)] for r in ranges] == ["배송은 늦어요", "옷은 예쁘지만"]
+    assert repeated.keyword_inputs == ["옷은 예쁘지만", "배송은 늦어요"]
 
 
 def test_the_clause_weight_moves_the_level_the_analyzer_reports():

@@ -32,22 +32,25 @@ def keyword_clauses(scorer, texts: Sequence[str], pairs: Sequence[tuple[int, int
     that the keyword model gives that keyword the highest probability, or None when the review is one clause
     (or the keyword index is not one of the model's outputs).
 
-    One keyword-model pass per clause of each review that has a pair; clauses are short, so this costs a few
-    times one pass over the reviews, far less than occlusion.
+    One keyword-model pass per distinct clause text of the reviews that have a pair (a review listed once per
+    keyword, as selection does, is scored once); clauses are short, so this costs a few times one pass over the
+    reviews, far less than occlusion.
     """
     reviews = sorted({i for i, _ in pairs})
-    spans = {i: clauses(texts[i]) for i in reviews}
-    spans = {i: s for i, s in spans.items() if len(s) > 1}
-    flat = [(i, s, e) for i, ranges in spans.items() for s, e in ranges]
+    of_review = {i: clauses(texts[i]) for i in reviews}
+    of_review = {i: r for i, r in of_review.items() if len(r) > 1}
+    flat = [(i, s, e) for i, ranges in of_review.items() for s, e in ranges]
     if not flat:
         return [None] * len(pairs)
-    probs = scorer.keyword_probs([texts[i][s:e] for i, s, e in flat])
+    clause_texts = [texts[i][s:e] for i, s, e in flat]
+    distinct = {text: row for row, text in enumerate(dict.fromkeys(clause_texts))}
+    probs = scorer.keyword_probs(list(distinct))[[distinct[text] for text in clause_texts]]
     rows: dict[int, list[int]] = {}
     for row, (i, _, _) in enumerate(flat):
         rows.setdefault(i, []).append(row)
     out: list[Range | None] = []
     for i, k in pairs:
-        if i not in spans or k >= probs.shape[1]:
+        if i not in of_review or k >= probs.shape[1]:
             out.append(None)
             continue
         best = rows[i][int(np.argmax(probs[rows[i], k]))]
