@@ -297,7 +297,7 @@ def find_label_issues(dataset: ReviewDataset, predictions: Predictions,
                 issues.append(LabelIssue(int(i), reviews[i].id, "sentiment", keyword,
                                          f"{keyword} {schema.levels[label]}", f"{keyword} {schema.levels[chosen]}",
                                          float(dists[p, label]), float(thresholds[label])))
-    issues = _with_rank_scores(issues, type_self_confidences(dataset, predictions), given.sum(axis=1))
+    issues = _with_rank_scores(issues, type_label_scores(dataset, predictions), given, schema.keywords)
     return sorted(issues, key=LabelIssue.sort_key)
 
 
@@ -376,6 +376,13 @@ def label_type(kind: str, keywords_given: int) -> str:
     return EXTRA_AMONG_SEVERAL if kind == "keyword_extra" and keywords_given > 1 else kind
 
 
+def _lowest(values: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """(n,) per row the lowest of ``values`` (n, K) where ``where`` holds and the value is not NaN; inf if none."""
+    if not values.size:
+        return np.full(len(where), np.inf)
+    return np.min(np.where(where & ~np.isnan(values), values, np.inf), axis=1)
+
+
 def type_self_confidences(dataset: ReviewDataset, predictions: Predictions) -> dict[str, np.ndarray]:
     """Per label type (``label_type``: ``keyword_extra``: keyword labeled, alone; ``EXTRA_AMONG_SEVERAL``:
     keyword labeled beside others; ``keyword_missing``: not labeled; ``no_keywords``: no keyword at all;
@@ -385,15 +392,9 @@ def type_self_confidences(dataset: ReviewDataset, predictions: Predictions) -> d
     n = len(dataset)
     given = given_keywords(dataset)
     probs = predictions.keyword_probs
-
-    def lowest(values: np.ndarray, where: np.ndarray) -> np.ndarray:
-        if not values.size:
-            return np.full(n, np.inf)
-        return np.min(np.where(where & ~np.isnan(values), values, np.inf), axis=1)
-
     several = (given.sum(axis=1) > 1)[:, None]
-    out = {"keyword_extra": lowest(probs, given & ~several), EXTRA_AMONG_SEVERAL: lowest(probs, given & several),
-           "keyword_missing": lowest(1.0 - probs, ~given), "no_keywords": np.full(n, np.inf),
+    out = {"keyword_extra": _lowest(probs, given & ~several), EXTRA_AMONG_SEVERAL: _lowest(probs, given & several),
+           "keyword_missing": _lowest(1.0 - probs, ~given), "no_keywords": np.full(n, np.inf),
            "sentiment": np.full(n, np.inf)}
     empty = ~given.any(axis=1) & ~np.isnan(probs).all(axis=1) if probs.size else np.zeros(n, bool)
     if empty.any():  # labeled with no keyword: how sure the model is that the review mentions none
@@ -402,6 +403,40 @@ def type_self_confidences(dataset: ReviewDataset, predictions: Predictions) -> d
         value = predictions.sentiment_probs[p, schema.level_index(dataset.reviews[i].labels[keyword])]
         if not np.isnan(value):
             out["sentiment"][i] = min(out["sentiment"][i], value)
+    return out
+
+
+def keyword_priors(given: np.ndarray) -> np.ndarray:
+    """(K,) the share of reviews labeled with each keyword (at least half a review's worth, never 0)."""
+    n = max(len(given), 1)
+    return np.maximum(given.sum(axis=0), 0.5) / n
+
+
+def presence_evidence(probs: np.ndarray, priors: np.ndarray) -> np.ndarray:
+    """``log(p / prior)`` (``priors`` broadcast against ``probs``, e.g. (n, K) and (K,)): how much more (> 0)
+    or less (< 0) likely the model finds a keyword in this review than in a review drawn at random. NaN
+    where ``probs`` is NaN."""
+    return np.log(np.clip(probs, 1e-9, 1.0)) - np.log(priors)
+
+
+def type_label_scores(dataset: ReviewDataset, predictions: Predictions) -> dict[str, np.ndarray]:
+    """What ``rank_reviews`` ranks within each label type: ``type_self_confidences``, except that a labeled
+    keyword is scored by its ``presence_evidence`` instead of its raw probability.
+
+    Why: a wrong keyword that slips into a label set is more often a common one (an annotator's habit, a
+    default), and a common keyword keeps a fair probability on any review. If wrong keywords are added in
+    proportion to their frequency, the odds that a labeled keyword is wrong are proportional to
+    ``prior / p`` (Bayes), so ``log(p / prior)`` ranks them; raw ``p`` is right only for keywords added
+    uniformly at random. On ``benchmarks/label_audit.py`` (NIKL, 5% noise, TF-IDF model) the injected
+    keywords that rank in the top 10% go from 0.51 to 0.61. A missing keyword (the labeler left one out)
+    and a level stay scored by the model's probability, which is what the same reasoning gives for them.
+    """
+    out = type_self_confidences(dataset, predictions)
+    given = given_keywords(dataset)
+    evidence = presence_evidence(predictions.keyword_probs, keyword_priors(given))
+    several = (given.sum(axis=1) > 1)[:, None]
+    out["keyword_extra"] = _lowest(evidence, given & ~several)
+    out[EXTRA_AMONG_SEVERAL] = _lowest(evidence, given & several)
     return out
 
 
@@ -426,16 +461,21 @@ def type_rank_scores(confidences: dict[str, np.ndarray]) -> dict[str, np.ndarray
     return {kind: _share_at_or_below(values, values) for kind, values in confidences.items()}
 
 
-def _with_rank_scores(issues: list["LabelIssue"], confidences: dict[str, np.ndarray],
-                      keywords_given: np.ndarray) -> list["LabelIssue"]:
-    """``issues`` with ``rank_score`` set: the ``type_rank_scores`` share of their own self-confidence within
-    their ``label_type``."""
+def _with_rank_scores(issues: list["LabelIssue"], scores: dict[str, np.ndarray], given: np.ndarray,
+                      keywords: Sequence[str]) -> list["LabelIssue"]:
+    """``issues`` with ``rank_score`` set: the ``type_rank_scores`` share of their own label's score
+    (``type_label_scores``) within their ``label_type``."""
     out = list(issues)
+    priors = dict(zip(keywords, keyword_priors(given)))
+    keywords_given = given.sum(axis=1)
     types = [label_type(issue.kind, int(keywords_given[issue.row])) for issue in out]
-    for kind, values in confidences.items():
+    for kind, values in scores.items():
         at = [k for k, issue in enumerate(out) if types[k] == kind and issue.self_confidence is not None]
         if at:
-            shares = _share_at_or_below(values, np.array([out[k].self_confidence for k in at], dtype=float))
+            own = np.array([out[k].self_confidence for k in at], dtype=float)
+            if kind in ("keyword_extra", EXTRA_AMONG_SEVERAL):
+                own = presence_evidence(own, np.array([priors[out[k].keyword] for k in at]))
+            shares = _share_at_or_below(values, own)
             for k, share in zip(at, shares):
                 out[k] = replace(out[k], rank_score=float(share))
     return out
@@ -457,10 +497,8 @@ def rank_reviews(dataset: ReviewDataset, predictions: Predictions) -> np.ndarray
     (``benchmarks/label_audit.py``) flagged-first ordering put 0.61 of the wrong labels in the top 10%,
     this one 0.70 (0.74 since keywords beside others form their own type, ``label_type``).
     """
-    confidences = type_self_confidences(dataset, predictions)
-    scores = np.min(np.stack(list(type_rank_scores(confidences).values())), axis=0)
-    overall = np.min(np.stack(list(confidences.values())), axis=0)
-    return np.lexsort((overall, scores))
+    scores = np.min(np.stack(list(type_rank_scores(type_label_scores(dataset, predictions)).values())), axis=0)
+    return np.lexsort((review_self_confidence(dataset, predictions), scores))
 
 
 # -- keyword tagging rules ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ NIKL they match liblinear's F1 at a thirtieth of the CPU time.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +29,11 @@ class FastModelConfig:
 
     ngram_range: tuple[int, int] = (1, 3)
     min_df: int = 2
-    alpha: float = 1e-5  # L2 penalty of the SGD logistic regressions
-    epochs: int = 15
+    alpha: float = 1e-5  # L2 penalty of the logistic regressions (mean log loss + alpha * |w|^2 / 2)
+    epochs: int = 15  # SGD passes over the data
+    # "sgd": SGDClassifier, fast on wide sparse TF-IDF; "lbfgs": LogisticRegression with the same objective
+    # (C = 1 / (alpha * n)) solved exactly, better on a few hundred dense columns (``EmbeddingFeatures``).
+    solver: str = "sgd"
     keyword_weight: float = 1.0  # scale of the keyword one-hot appended to the sentiment features
     # scale of the per-keyword copy of the text features (text x keyword) in the sentiment model; 0: none.
     # Without it a linear model gives every keyword of a review the same text evidence and cannot tell
@@ -82,11 +85,54 @@ class TfidfFeatures:
         return self._svd.transform(self.transform(texts))
 
 
-def _logistic(config: FastModelConfig):
+class EmbeddingFeatures:
+    """Frozen sentence embeddings as the features of ``FastReviewModel``: a linear probe on an encoder.
+
+    ``embed(texts) -> (n, d)`` is called once for the corpus and later only for texts it has not seen
+    (``reviewlens.bases.offline_embedder`` gives one for an offline base). Same interface as
+    ``TfidfFeatures``; use ``FastModelConfig(solver="lbfgs")`` with it.
+    """
+
+    def __init__(self, texts: Sequence[str], embed: Callable[[list[str]], np.ndarray]) -> None:
+        self._embed = embed
+        texts = list(dict.fromkeys(texts))
+        self.row: dict[str, int] = {}
+        self.matrix = np.zeros((0, 0), dtype=np.float32)
+        self._add(texts)
+
+    def _add(self, texts: list[str]) -> None:
+        new = [t for t in dict.fromkeys(texts) if t not in self.row]
+        if not new:
+            return
+        vectors = np.asarray(self._embed(new), dtype=np.float32).reshape(len(new), -1)
+        self.matrix = vectors if not self.row else np.vstack([self.matrix, vectors])
+        self.row.update({t: len(self.row) + i for i, t in enumerate(new)})
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, d) embeddings of ``texts``."""
+        texts = list(texts)
+        self._add(texts)
+        return self.matrix[[self.row[t] for t in texts]]
+
+    def transform(self, texts: Sequence[str]):
+        """The embeddings as a sparse matrix (what ``FastReviewModel``'s feature blocks are built from)."""
+        from scipy import sparse
+
+        return sparse.csr_matrix(self.embed(texts))
+
+
+def _fit_logistic(config: FastModelConfig, x, y):
+    """A binary or multinomial logistic regression with L2 penalty ``config.alpha``, by ``config.solver``."""
+    if config.solver == "lbfgs":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=1.0 / (config.alpha * max(x.shape[0], 1)), max_iter=1000).fit(x, y)
+    if config.solver != "sgd":
+        raise ValueError(f"FastModelConfig.solver must be 'sgd' or 'lbfgs', not {config.solver!r}")
     from sklearn.linear_model import SGDClassifier
 
     return SGDClassifier(loss="log_loss", alpha=config.alpha, max_iter=config.epochs, tol=None,
-                         random_state=config.seed)
+                         random_state=config.seed).fit(x, y)
 
 
 class FastReviewModel:
@@ -97,7 +143,7 @@ class FastReviewModel:
     """
 
     def __init__(self, schema: LabelSchema, config: FastModelConfig | None = None, *,
-                 features: TfidfFeatures | None = None) -> None:
+                 features: TfidfFeatures | EmbeddingFeatures | None = None) -> None:
         self.schema = schema
         self.config = config or FastModelConfig()
         self.keywords = list(schema.keywords)
@@ -141,7 +187,7 @@ class FastReviewModel:
             if not len(column) or column.min() == column.max():
                 models.append(float(column[0]) if len(column) else 0.0)
             else:
-                models.append(_logistic(self.config).fit(x, column))
+                models.append(_fit_logistic(self.config, x, column))
         return models
 
     def _fit_thresholds(self, x, y: np.ndarray) -> dict[str, float]:
@@ -189,7 +235,7 @@ class FastReviewModel:
         counts = np.bincount(labels, minlength=len(self.levels)).astype(float)
         self._sentiment_prior = counts / counts.sum()
         if len(set(labels)) > 1:
-            self._sentiment_model = _logistic(self.config).fit(self._sentiment_features(x[rows], keywords), labels)
+            self._sentiment_model = _fit_logistic(self.config, self._sentiment_features(x[rows], keywords), labels)
 
     # -- the selection model protocol -------------------------------------------------------------------
 

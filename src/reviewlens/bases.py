@@ -44,6 +44,7 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -488,10 +489,11 @@ def _build_folder(base: OfflineBase, weights: Path, tokenizer: Path, out: Path) 
 # --------------------------------------------------------------------------- verification
 
 
-def embed(folder: Path | str, texts: list[str]) -> np.ndarray:
+def embed(folder: Path | str, texts: list[str], *, batch_size: int = 64, max_length: int = 512) -> np.ndarray:
     """e5 embeddings: mean over the attention mask of the last hidden state, L2-normalised.
 
-    Texts are used as given (add the ``query: `` / ``passage: `` prefix yourself).
+    Texts are used as given (add the ``query: `` / ``passage: `` prefix yourself); they are batched by
+    length, ``batch_size`` at a time, and cut at ``max_length`` tokens.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -499,12 +501,30 @@ def embed(folder: Path | str, texts: list[str]) -> np.ndarray:
     tok = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModel.from_pretrained(str(folder))
     model.eval()
-    batch = tok(texts, padding=True, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    out = np.zeros((len(texts), int(model.config.hidden_size)), dtype=np.float32)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    for start in range(0, len(texts), batch_size):
+        rows = order[start:start + batch_size]
+        batch = tok([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
+                    return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    return out
+
+
+def offline_embedder(name: str = "multilingual-e5-small", *, prefix: str = "query: ",
+                     max_length: int = 128) -> Callable[[list[str]], np.ndarray]:
+    """``texts -> (n, d)`` sentence embeddings of an offline base (prepared on first use), each text
+    prefixed as e5 expects; for ``reviewlens.baselines.EmbeddingFeatures``."""
+    folder = prepare_base(name)
+
+    def embed_texts(texts: list[str]) -> np.ndarray:
+        return embed(folder, [prefix + t for t in texts], max_length=max_length)
+
+    return embed_texts
 
 
 def check_embedding(folder: Path | str, base: OfflineBase | str = "multilingual-e5-small") -> np.ndarray:
