@@ -6,14 +6,17 @@ keyword added, drawn by keyword frequency, with a level drawn by level frequency
 (``reviewlens.audit``: out-of-fold probabilities, confident-learning flags, reviews ranked most suspect
 first) is then scored on the top 10% of the ranking: precision and recall of the noisy reviews.
 
-The out-of-fold model is ``reviewlens.baselines.FastReviewModel`` (TF-IDF character n-grams + SGD
-logistic regressions), NOT the transformer k-fold training of ``reviewlens audit`` (too slow for a
-shared CPU). Its L2 penalty is chosen per run from ``ALPHAS`` by the out-of-fold log loss of the given
-(noisy) labels, as a user would choose it on their own data: the injected errors are never looked at.
+The out-of-fold models are those of ``reviewlens audit --linear`` (``reviewlens.audit.linear_out_of_fold``):
+logistic regressions on TF-IDF character n-grams and on frozen multilingual-e5-small sentence embeddings,
+10 folds, combined by a geometric mean; NOT the transformer k-fold training of ``reviewlens audit`` (too
+slow for a shared CPU). Each L2 penalty is chosen per run by the out-of-fold log loss of the given (noisy)
+labels, as a user would choose it on their own data: the injected errors are never looked at.
 The same audit on the *original* labels lists the top suspected original labels to read.
 
-    python benchmarks/label_audit.py            # 3 noise seeds, 5 folds, all 3,001 reviews
-    python benchmarks/label_audit.py --quick    # 1 noise seed
+    python benchmarks/label_audit.py                      # 3 noise seeds, 10 folds, all 3,001 reviews
+    python benchmarks/label_audit.py --quick              # 1 noise seed
+    python benchmarks/label_audit.py --embeddings none    # TF-IDF model alone
+    python benchmarks/label_audit.py --first-seed 3       # other noise draws (seeds 3, 4, 5)
 """
 
 from __future__ import annotations
@@ -30,9 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from reviewlens.audit import (Predictions, find_label_issues, given_keywords, out_of_fold_predictions,  # noqa: E402
-                              rank_reviews)
-from reviewlens.baselines import FastModelConfig, FastReviewModel, TfidfFeatures  # noqa: E402
+from reviewlens.audit import find_label_issues, linear_out_of_fold, rank_reviews  # noqa: E402
 from reviewlens.data import ReviewDataset, read_reviews  # noqa: E402
 
 NIKL = ROOT.parent / "shared" / "data" / "nikl-absa-2022"
@@ -74,35 +75,17 @@ def inject_noise(dataset: ReviewDataset, rate: float, seed: int) -> tuple[Review
     return noisy, truth
 
 
-ALPHAS = (1e-5, 3e-5, 1e-4)
-"""L2 penalties tried for the out-of-fold model (FastModelConfig's default is 1e-5)."""
+def cached(embed):
+    """``embed`` that remembers every text's vector (the noisy copies share the clean texts)."""
+    memory: dict[str, np.ndarray] = {}
 
+    def embed_texts(texts: list[str]) -> np.ndarray:
+        new = [t for t in dict.fromkeys(texts) if t not in memory]
+        if new:
+            memory.update(zip(new, embed(new)))
+        return np.stack([memory[t] for t in texts])
 
-def log_loss(dataset: ReviewDataset, predictions: Predictions) -> float:
-    """Mean per review of the out-of-fold log loss of its given labels: every keyword (present or absent,
-    binary) plus the level of every labeled keyword."""
-    given = given_keywords(dataset)
-    p = np.clip(np.nan_to_num(predictions.keyword_probs, nan=0.5), 1e-6, 1 - 1e-6)
-    total = -np.sum(np.where(given, np.log(p), np.log(1 - p)))
-    levels = [dataset.schema.level_index(dataset.reviews[i].labels[k]) for i, k in predictions.pairs]
-    level_p = predictions.sentiment_probs[np.arange(len(levels)), levels]
-    total -= np.sum(np.log(np.clip(np.nan_to_num(level_p, nan=1.0), 1e-6, 1.0)))
-    return float(total / len(dataset))
-
-
-def fast_out_of_fold(dataset: ReviewDataset, features: TfidfFeatures, folds: int, seed: int,
-                     alpha: float) -> Predictions:
-    config = FastModelConfig(threshold_folds=0, alpha=alpha, seed=seed)  # no thresholds: confident learning
-    return out_of_fold_predictions(dataset, folds=folds, seed=seed,
-                                   fit=lambda part, fold: FastReviewModel(part.schema, config, features=features)
-                                   .fit(part))
-
-
-def best_out_of_fold(dataset: ReviewDataset, features: TfidfFeatures, folds: int,
-                     seed: int) -> tuple[Predictions, float]:
-    """Out-of-fold predictions of the ``ALPHAS`` model with the lowest ``log_loss`` on ``dataset``'s labels."""
-    runs = [(fast_out_of_fold(dataset, features, folds, seed, alpha), alpha) for alpha in ALPHAS]
-    return min(runs, key=lambda run: log_loss(dataset, run[0]))
+    return embed_texts
 
 
 def main() -> None:
@@ -110,8 +93,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=NIKL / "train.jsonl")
     parser.add_argument("--noise", type=float, default=0.05)
     parser.add_argument("--top", type=float, default=0.10, help="share of the ranking that is read")
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--folds", type=int, default=10)
+    parser.add_argument("--embeddings", default="multilingual-e5-small",
+                        help="offline base whose sentence embeddings feed the second linear model; 'none': TF-IDF only")
     parser.add_argument("--seeds", type=int, default=3, help="noise injections")
+    parser.add_argument("--first-seed", type=int, default=0, help="seed of the first noise injection")
     parser.add_argument("--show", type=int, default=20, help="suspected original labels to list")
     parser.add_argument("--quick", action="store_true", help="1 noise seed")
     args = parser.parse_args()
@@ -123,12 +109,16 @@ def main() -> None:
     start = time.time()
     clean = read_reviews(args.data)
     clean = ReviewDataset([r for r in clean.reviews if r.labels], clean.schema, clean.source)
-    features = TfidfFeatures(clean.texts)
+    embed = None
+    if args.embeddings != "none":
+        from reviewlens.bases import offline_embedder
+
+        embed = cached(offline_embedder(args.embeddings))
     n_top = round(args.top * len(clean))
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         noisy, truth = inject_noise(clean, args.noise, seed)
-        predictions, alpha = best_out_of_fold(noisy, features, args.folds, seed)
+        predictions = linear_out_of_fold(noisy, folds=args.folds, seed=seed, embed=embed)
         issues = find_label_issues(noisy, predictions)
         order = rank_reviews(noisy, predictions)
         top = set(order[:n_top].tolist())
@@ -137,7 +127,7 @@ def main() -> None:
         hit = top & noisy_rows
         per_kind = {kind: (sum(1 for r in hit if truth[r][0] == kind), sum(1 for t in truth.values() if t[0] == kind))
                     for kind in KINDS}
-        rows.append({"seed": seed, "alpha": f"{alpha:g}", "noisy": len(noisy_rows), "flagged": len(flagged),
+        rows.append({"seed": seed, "noisy": len(noisy_rows), "flagged": len(flagged),
                      "flag_precision": len(flagged & noisy_rows) / max(len(flagged), 1),
                      "flag_recall": len(flagged & noisy_rows) / len(noisy_rows),
                      "top_precision": len(hit) / n_top, "top_recall": len(hit) / len(noisy_rows), **{
@@ -148,22 +138,21 @@ def main() -> None:
     print(f"\nLabel audit on {args.data.parent.name}/{args.data.name} ({len(clean)} labeled reviews): {args.noise:.0%} of reviews given one "
           f"error (keyword on / off / sentiment level, equal shares), {args.folds}-fold out-of-fold "
           f"probabilities, {args.seeds} noise seed(s){' (quick mode)' if args.quick else ''}.")
-    print("Model: FastReviewModel (TF-IDF char 1-3-grams + SGD logistic regressions), not a transformer; its L2 "
-          f"penalty (alpha) is the one of {', '.join(f'{a:g}' for a in ALPHAS)} with the lowest out-of-fold log loss "
-          "of the noisy labels. "
+    print(f"Model: reviewlens.audit.linear_out_of_fold, not a transformer: {predictions.method}; each penalty "
+          "chosen by the out-of-fold log loss of the noisy labels. "
           f"Top {args.top:.0%} = the {n_top} most suspect reviews.\n")
-    columns = ["seed", "alpha", "noisy", "flagged", "flag_precision", "flag_recall", "top_precision", "top_recall",
+    columns = ["seed", "noisy", "flagged", "flag_precision", "flag_recall", "top_precision", "top_recall",
                "recall_keyword_on", "recall_keyword_off", "recall_sentiment"]
     print("| " + " | ".join(columns) + " |")
     print("|" + " ---: |" * len(columns))
-    for row in rows + [{"seed": "mean", "alpha": "", **{c: float(np.mean([r[c] for r in rows])) for c in columns[2:]}}]:
+    for row in rows + [{"seed": "mean", **{c: float(np.mean([r[c] for r in rows])) for c in columns[1:]}}]:
         print("| " + " | ".join(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |")
     mean_recall = float(np.mean([r["top_recall"] for r in rows]))
     print(f"\nTarget: recall >= 0.8 of the injected errors in the top {args.top:.0%}: "
           f"{'met' if mean_recall >= 0.8 else 'NOT met'} ({mean_recall:.3f}; the best possible precision is "
           f"{min(1.0, args.noise / args.top):.2f}).")
 
-    predictions, _ = best_out_of_fold(clean, features, args.folds, 0)
+    predictions = linear_out_of_fold(clean, folds=args.folds, seed=0, embed=embed)
     issues = find_label_issues(clean, predictions)
     kinds = Counter(i.kind for i in issues)
     print(f"\nOriginal labels: {len(issues)} suspected issue(s) ({', '.join(f'{v} {k}' for k, v in kinds.items())}) "

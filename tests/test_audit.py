@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reviewlens.audit import (AuditReport, _none_probability, Predictions, audit, bundle_predictions, check_rules, find_label_issues,
-                              kfold_indices, labeled_pairs, load_rules, out_of_fold_predictions, rank_reviews,
-                              review_self_confidence)
+from reviewlens.audit import (AuditReport, _none_probability, Predictions, audit, bundle_predictions, check_rules,
+                              find_label_issues, geometric_mean, given_keywords, keyword_priors, kfold_indices,
+                              labeled_pairs, linear_out_of_fold, load_rules, log_loss, out_of_fold_predictions,
+                              presence_evidence, rank_reviews, review_self_confidence)
 from reviewlens.data import Review, ReviewDataset, read_reviews
 from reviewlens.errors import ReviewlensError
 from reviewlens.schema import LabelSchema
@@ -283,3 +284,128 @@ def test_out_of_fold_training_refuses_a_warm_start(tmp_path):
     dataset, _ = _toy()
     with pytest.raises(ReviewlensError, match="cannot warm-start"):
         out_of_fold_predictions(dataset, TrainConfig(init_from=str(tmp_path)), folds=2)
+
+
+def test_a_common_keyword_that_slipped_in_outranks_a_rare_one_the_model_barely_knows():
+    """Both reviews carry a second keyword the model doubts. C (on 1 review in 20) gets p = 0.04 on r0: low, but
+    on a random review C has 0.05, so the text does not argue against it. A (on half the reviews) gets p = 0.05
+    on r1, a tenth of its base rate. By raw probability r0 comes first; by ``presence_evidence`` r1 does."""
+    schema = LabelSchema(["A", "B", "C"], [-1, 0, 1])
+    labels = [{"B": 1, "C": 1}, {"B": 1, "A": 1}] + [{"A": 1}] * 9 + [{"B": 1}] * 9
+    dataset = ReviewDataset([Review(f"r{i}", f"리뷰 {i}", dict(l)) for i, l in enumerate(labels)], schema, "toy")
+    probs = np.array([[0.1, 0.9, 0.04], [0.05, 0.9, 0.01]] + [[0.9, 0.1, 0.01]] * 9 + [[0.1, 0.9, 0.01]] * 9)
+    pairs = labeled_pairs(dataset)
+    predictions = Predictions(probs, pairs, np.array([[0.05, 0.05, 0.9]] * len(pairs)), "toy model")
+    assert np.argsort(review_self_confidence(dataset, predictions), kind="stable")[0] == 0
+    assert presence_evidence(np.array([0.04, 0.05]), keyword_priors(given_keywords(dataset))[[2, 0]]).tolist() == \
+        pytest.approx([np.log(0.04 / 0.05), np.log(0.05 / 0.5)])
+    assert rank_reviews(dataset, predictions)[:2].tolist() == [1, 0]
+    issues = find_label_issues(dataset, predictions, min_support=1)
+    extra = [i for i in issues if i.kind == "keyword_extra" and i.row == 1]
+    assert extra and extra[0].rank_score == pytest.approx(1 / 20)  # the report agrees with the ranking
+    assert extra[0].self_confidence == pytest.approx(0.05)  # and still shows the model's probability
+
+
+def test_geometric_mean_of_predictions():
+    pairs = [(0, "A")]
+    one = Predictions(np.array([[0.9, np.nan]]), pairs, np.array([[0.2, 0.2, 0.6]]), "one")
+    two = Predictions(np.array([[0.5, np.nan]]), pairs, np.array([[0.2, 0.6, 0.2]]), "two")
+    both = geometric_mean([one, two])
+    assert both.keyword_probs[0, 0] == pytest.approx(np.sqrt(0.45) / (np.sqrt(0.45) + np.sqrt(0.05)))
+    assert np.isnan(both.keyword_probs[0, 1])  # unscored stays unscored
+    assert both.sentiment_probs[0].tolist() == pytest.approx([0.2 / 0.2 * (0.2 / (0.2 + 2 * np.sqrt(0.12)))] +
+                                                             [np.sqrt(0.12) / (0.2 + 2 * np.sqrt(0.12))] * 2)
+    with pytest.raises(ReviewlensError, match="not of the same labels"):
+        geometric_mean([one, Predictions(np.array([[0.5, 0.5]]), [(0, "B")], np.array([[0.2, 0.6, 0.2]]))])
+
+
+def _synthetic_reviews() -> ReviewDataset:
+    """90 reviews written from three keywords' phrases, with two planted errors: r0 (a 배송 review) also
+    labeled 가격, r1 (a clearly negative 디자인 review) labeled positive."""
+    phrases = {"배송": (["배송이 빨라요", "하루만에 도착했어요", "택배가 금방 왔어요"], ["배송이 너무 늦어요", "일주일 걸렸어요"]),
+               "가격": (["가격이 저렴해요", "가성비 최고예요", "싸게 잘 샀어요"], ["가격이 비싸요", "값에 비해 별로예요"]),
+               "디자인": (["디자인이 예뻐요", "색감이 고급스러워요", "모양이 귀여워요"], ["디자인이 촌스러워요", "사진과 달라요 실망"])}
+    rng = np.random.default_rng(0)
+    reviews = []
+    for i in range(90):
+        keyword = list(phrases)[i % 3]
+        positive = rng.random() < 0.7
+        text = str(rng.choice(phrases[keyword][0 if positive else 1])) + f" {['정말', '진짜', '음', '와'][i % 4]} {i}"
+        reviews.append(Review(f"r{i}", text, {keyword: 1 if positive else -1}))
+    reviews[0] = Review("r0", "배송이 빨라요 정말 0", {"배송": 1, "가격": 1})
+    reviews[1] = Review("r1", "디자인이 촌스러워요 진짜 1", {"디자인": 1})
+    return ReviewDataset(reviews, LabelSchema(list(phrases), [-1, 0, 1]), "synthetic")
+
+
+def _char_embed(texts: list[str]) -> np.ndarray:
+    """A stand-in sentence encoder: hashed character bigrams, L2-normalised."""
+    out = np.zeros((len(texts), 256))
+    for row, text in enumerate(texts):
+        for a, b in zip(text, text[1:]):
+            out[row, (ord(a) * 31 + ord(b)) % 256] += 1.0
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+def test_linear_out_of_fold_finds_planted_errors():
+    dataset = _synthetic_reviews()
+    calls = []
+
+    def embed(texts):
+        calls.append(len(texts))
+        return _char_embed(texts)
+
+    predictions = linear_out_of_fold(dataset, folds=5, seed=0, embed=embed)
+    assert calls == [len(set(dataset.texts))]  # every text embedded once
+    assert np.isfinite(predictions.keyword_probs).all() and np.isfinite(predictions.sentiment_probs).all()
+    assert np.allclose(predictions.sentiment_probs.sum(axis=1), 1.0)
+    assert "5 folds" in predictions.method and "TF-IDF" in predictions.method and "embeddings" in predictions.method
+    assert "geometric mean" in predictions.method
+    assert set(rank_reviews(dataset, predictions)[:4].tolist()) >= {0, 1}
+    tfidf_only = linear_out_of_fold(dataset, folds=5, seed=0)
+    assert "embeddings" not in tfidf_only.method and not np.allclose(tfidf_only.keyword_probs,
+                                                                    predictions.keyword_probs)
+
+
+def test_embedding_features_and_the_lbfgs_solver():
+    from reviewlens.baselines import EmbeddingFeatures, FastModelConfig, FastReviewModel
+
+    dataset = _synthetic_reviews()
+    calls = []
+    features = EmbeddingFeatures(dataset.texts, lambda texts: calls.append(list(texts)) or _char_embed(texts))
+    assert features.transform(dataset.texts[:3]).shape == (3, 256) and len(calls) == 1
+    assert np.allclose(features.embed(["새 리뷰입니다", dataset.texts[0]]),
+                       _char_embed(["새 리뷰입니다", dataset.texts[0]]))
+    assert calls[-1] == ["새 리뷰입니다"]  # only the unseen text is embedded
+    model = FastReviewModel(dataset.schema, FastModelConfig(solver="lbfgs", alpha=1e-3), features=features)
+    model.fit(dataset.subset(range(2, 90)))
+    predicted = model.predict(["배송이 빨라요 와 100", "가격이 비싸요 음 101"])
+    assert predicted == [{"배송": 1}, {"가격": -1}]
+    with pytest.raises(ValueError, match="solver"):
+        FastReviewModel(dataset.schema, FastModelConfig(solver="adam"), features=features).fit(dataset)
+
+
+def test_log_loss_prefers_the_model_that_agrees_with_the_labels():
+    dataset, predictions = _toy()
+    worse = Predictions(1.0 - predictions.keyword_probs, predictions.pairs, predictions.sentiment_probs[:, ::-1])
+    assert 0 < log_loss(dataset, predictions) < log_loss(dataset, worse)
+
+
+def test_linear_audit_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from reviewlens.cli import app
+    from reviewlens.labeling import write_table
+
+    dataset = _synthetic_reviews()
+    data = write_table([{"id": r.id, "text": r.text, "labels": dataset.schema.format(r.labels)} for r in dataset],
+                       tmp_path / "reviews.csv", ["id", "text", "labels"])
+    result = CliRunner().invoke(app, ["audit", "--data", str(data), "--linear", "--embeddings", "none", "--folds", "5",
+                                      "--output", str(tmp_path / "audit.md")])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "audit.md").read_text(encoding="utf-8")
+    assert "5 folds, of linear models on TF-IDF" in report
+    first = report.split("## Issues, most suspect first")[1]
+    assert "| r0 |" in first or "| r1 |" in first
+    refused = CliRunner().invoke(app, ["audit", "--data", str(data), "--linear", "--model", str(tmp_path),
+                                       "--output", str(tmp_path / "b.md")])
+    assert refused.exit_code == 2 and "drop --model" in refused.output

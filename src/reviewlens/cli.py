@@ -462,7 +462,12 @@ def audit(
     rules: Optional[str] = typer.Option(None, "--rules", help="Keyword tagging rules: a YAML file or a packaged "
                                         "set (fashion)."),
     rules_only: bool = typer.Option(False, "--rules-only", help="Check the rules alone, without any model."),
-    folds: int = typer.Option(5, "--folds", help="k of the out-of-fold training."),
+    linear: bool = typer.Option(False, "--linear", help="Quick mode: out-of-fold linear models (TF-IDF and "
+                                "sentence embeddings of --embeddings) instead of k transformer trainings; minutes."),
+    embeddings: str = typer.Option("multilingual-e5-small", "--embeddings", help="With --linear: the offline base "
+                                   "whose sentence embeddings feed the second linear model; 'none': TF-IDF only."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="k of the out-of-fold training (default 5; 10 with "
+                                        "--linear)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file setting any TrainConfig field of the "
                                           "fold models."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model of the fold models."),
@@ -473,7 +478,7 @@ def audit(
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows"),
 ) -> None:
     """Find labels that look wrong: confident-learning flags on out-of-fold probabilities, and rule violations."""
-    from .audit import audit as run_audit, bundle_predictions, load_rules, out_of_fold_predictions
+    from .audit import audit as run_audit, bundle_predictions, linear_out_of_fold, load_rules, out_of_fold_predictions
     from .bundle import ModelBundle
     from .data import read_reviews
     from .training import TrainConfig
@@ -481,6 +486,8 @@ def audit(
     try:
         if rules_only and rules is None:
             raise ReviewlensError("--rules-only needs --rules FILE (or a packaged set: fashion)")
+        if linear and model is not None:
+            raise ReviewlensError("--linear trains its own out-of-fold models; drop --model (or --linear)")
         overrides = {"base": base, "seed": seed}
         if epochs is not None:
             overrides.update(keyword_epochs=epochs, sentiment_epochs=epochs)
@@ -492,9 +499,19 @@ def audit(
                                levels=cfg.levels)
         rule_set = load_rules(rules) if rules is not None else None
         predictions = None
-        if not rules_only:
-            predictions = bundle_predictions(dataset, model) if model is not None else \
-                out_of_fold_predictions(dataset, cfg, folds=folds, seed=seed, workdir=workdir)
+        if rules_only:
+            pass
+        elif model is not None:
+            predictions = bundle_predictions(dataset, model)
+        elif linear:
+            embed = None
+            if embeddings != "none":
+                from .bases import offline_embedder
+
+                embed = offline_embedder(embeddings)
+            predictions = linear_out_of_fold(dataset, folds=folds or 10, seed=seed, embed=embed)
+        else:
+            predictions = out_of_fold_predictions(dataset, cfg, folds=folds or 5, seed=seed, workdir=workdir)
         report = run_audit(dataset, predictions, rule_set)
         report.write(output)
     except ReviewlensError as exc:
