@@ -75,19 +75,6 @@ def inject_noise(dataset: ReviewDataset, rate: float, seed: int) -> tuple[Review
     return noisy, truth
 
 
-def cached(embed):
-    """``embed`` that remembers every text's vector (the noisy copies share the clean texts)."""
-    memory: dict[str, np.ndarray] = {}
-
-    def embed_texts(texts: list[str]) -> np.ndarray:
-        new = [t for t in dict.fromkeys(texts) if t not in memory]
-        if new:
-            memory.update(zip(new, embed(new)))
-        return np.stack([memory[t] for t in texts])
-
-    return embed_texts
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=NIKL / "train.jsonl")
@@ -109,11 +96,12 @@ def main() -> None:
     start = time.time()
     clean = read_reviews(args.data)
     clean = ReviewDataset([r for r in clean.reviews if r.labels], clean.schema, clean.source)
-    embed = None
+    embed = None  # one EmbeddingFeatures for all runs: the noisy copies share the clean texts
     if args.embeddings != "none":
+        from reviewlens.baselines import EmbeddingFeatures
         from reviewlens.bases import offline_embedder
 
-        embed = cached(offline_embedder(args.embeddings))
+        embed = EmbeddingFeatures(clean.texts, offline_embedder(args.embeddings))
     n_top = round(args.top * len(clean))
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):

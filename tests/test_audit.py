@@ -361,6 +361,11 @@ def test_linear_out_of_fold_finds_planted_errors():
     assert "5 folds" in predictions.method and "TF-IDF" in predictions.method and "embeddings" in predictions.method
     assert "geometric mean" in predictions.method
     assert set(rank_reviews(dataset, predictions)[:4].tolist()) >= {0, 1}
+    from reviewlens.baselines import EmbeddingFeatures
+
+    shared = EmbeddingFeatures(dataset.texts, embed)
+    again = linear_out_of_fold(dataset, folds=5, seed=0, embed=shared)  # vectors reused, not recomputed
+    assert calls == [len(set(dataset.texts))] * 2 and np.allclose(again.keyword_probs, predictions.keyword_probs)
     tfidf_only = linear_out_of_fold(dataset, folds=5, seed=0)
     assert "embeddings" not in tfidf_only.method and not np.allclose(tfidf_only.keyword_probs,
                                                                     predictions.keyword_probs)

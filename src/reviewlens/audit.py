@@ -28,11 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .data import ReviewDataset
 from .errors import ReviewlensError
+
+if TYPE_CHECKING:
+    from .baselines import EmbeddingFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -221,14 +225,15 @@ the given labels the lowest ``log_loss`` (the labels under audit are all there i
 
 
 def linear_out_of_fold(dataset: ReviewDataset, *, folds: int = 10, seed: int = 42,
-                       embed: Callable[[list[str]], np.ndarray] | None = None) -> Predictions:
+                       embed: Callable[[list[str]], np.ndarray] | EmbeddingFeatures | None = None) -> Predictions:
     """The quick audit: out-of-fold predictions of linear models, in minutes instead of k
     transformer trainings.
 
     A ``baselines.FastReviewModel`` on TF-IDF character n-grams and, with ``embed`` (e.g.
     ``bases.offline_embedder()``), another on frozen sentence embeddings (a linear probe), combined by
     ``geometric_mean``. Each model's L2 penalty is chosen by ``log_loss`` (``TFIDF_ALPHAS``,
-    ``EMBEDDING_ALPHAS``). Ten folds by default: each model learns from 90% of the labels.
+    ``EMBEDDING_ALPHAS``). Ten folds by default: each model learns from 90% of the labels. Pass an
+    ``EmbeddingFeatures`` instead of a function to reuse its vectors across calls (datasets sharing texts).
     """
     from .baselines import EmbeddingFeatures, FastModelConfig, FastReviewModel, TfidfFeatures
 
@@ -237,8 +242,8 @@ def linear_out_of_fold(dataset: ReviewDataset, *, folds: int = 10, seed: int = 4
     # own) label_audit.py gives NIKL 0.79 / 0.78 on noise seeds 0-2 / 3-5 (0.78 / 0.77 with them) in half the
     # time; on the fashion reviews, which carry several keywords each, 0.44 (0.45 with them).
     if embed is not None:
-        views.append(("sentence embeddings", EmbeddingFeatures(dataset.texts, embed), "lbfgs", 0.0,
-                      EMBEDDING_ALPHAS))
+        features = embed if isinstance(embed, EmbeddingFeatures) else EmbeddingFeatures(dataset.texts, embed)
+        views.append(("sentence embeddings", features, "lbfgs", 0.0, EMBEDDING_ALPHAS))
     parts = []
     for name, features, solver, interactions, alphas in views:
         runs = []
@@ -498,7 +503,8 @@ def presence_evidence(probs: np.ndarray, priors: np.ndarray) -> np.ndarray:
     return np.log(np.clip(probs, 1e-9, 1.0)) - np.log(priors)
 
 
-def type_label_scores(dataset: ReviewDataset, predictions: Predictions) -> dict[str, np.ndarray]:
+def type_label_scores(dataset: ReviewDataset, predictions: Predictions,
+                      confidences: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """What ``rank_reviews`` ranks within each label type: ``type_self_confidences``, except that a labeled
     keyword is scored by its ``presence_evidence`` instead of its raw probability.
 
@@ -509,8 +515,9 @@ def type_label_scores(dataset: ReviewDataset, predictions: Predictions) -> dict[
     uniformly at random. On ``benchmarks/label_audit.py`` (NIKL, 5% noise, TF-IDF model) the injected
     keywords that rank in the top 10% go from 0.51 to 0.61. A missing keyword (the labeler left one out)
     and a level stay scored by the model's probability, which is what the same reasoning gives for them.
+    ``confidences``: ``type_self_confidences`` of the same arguments, when the caller has them already.
     """
-    out = type_self_confidences(dataset, predictions)
+    out = dict(confidences if confidences is not None else type_self_confidences(dataset, predictions))
     given = given_keywords(dataset)
     evidence = presence_evidence(predictions.keyword_probs, keyword_priors(given))
     several = (given.sum(axis=1) > 1)[:, None]
@@ -560,9 +567,12 @@ def _with_rank_scores(issues: list["LabelIssue"], scores: dict[str, np.ndarray],
     return out
 
 
-def review_self_confidence(dataset: ReviewDataset, predictions: Predictions) -> np.ndarray:
-    """(n,) each review's lowest self-confidence over all its labels (keywords present and absent, levels)."""
-    lowest = np.min(np.stack(list(type_self_confidences(dataset, predictions).values())), axis=0)
+def review_self_confidence(dataset: ReviewDataset, predictions: Predictions,
+                           confidences: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """(n,) each review's lowest self-confidence over all its labels (keywords present and absent, levels);
+    ``confidences``: ``type_self_confidences`` of the same arguments, when the caller has them already."""
+    confidences = confidences if confidences is not None else type_self_confidences(dataset, predictions)
+    lowest = np.min(np.stack(list(confidences.values())), axis=0)
     return np.where(np.isinf(lowest), 1.0, lowest)
 
 
@@ -576,8 +586,10 @@ def rank_reviews(dataset: ReviewDataset, predictions: Predictions) -> np.ndarray
     (``benchmarks/label_audit.py``) flagged-first ordering put 0.61 of the wrong labels in the top 10%,
     this one 0.70 (0.74 since keywords beside others form their own type, ``label_type``).
     """
-    scores = np.min(np.stack(list(type_rank_scores(type_label_scores(dataset, predictions)).values())), axis=0)
-    return np.lexsort((review_self_confidence(dataset, predictions), scores))
+    confidences = type_self_confidences(dataset, predictions)
+    shares = type_rank_scores(type_label_scores(dataset, predictions, confidences))
+    scores = np.min(np.stack(list(shares.values())), axis=0)
+    return np.lexsort((review_self_confidence(dataset, predictions, confidences), scores))
 
 
 # -- keyword tagging rules ----------------------------------------------------------------------------------

@@ -489,18 +489,19 @@ def _build_folder(base: OfflineBase, weights: Path, tokenizer: Path, out: Path) 
 # --------------------------------------------------------------------------- verification
 
 
-def embed(folder: Path | str, texts: list[str], *, batch_size: int = 64, max_length: int = 512) -> np.ndarray:
-    """e5 embeddings: mean over the attention mask of the last hidden state, L2-normalised.
-
-    Texts are used as given (add the ``query: `` / ``passage: `` prefix yourself); they are batched by
-    length, ``batch_size`` at a time, and cut at ``max_length`` tokens.
-    """
-    import torch
+def _load_encoder(folder: Path | str):
+    """(tokenizer, model in eval mode) of a built base folder."""
     from transformers import AutoModel, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModel.from_pretrained(str(folder))
     model.eval()
+    return AutoTokenizer.from_pretrained(str(folder)), model
+
+
+def _mean_pooled(tok, model, texts: list[str], batch_size: int, max_length: int) -> np.ndarray:
+    """L2-normalised masked means of the last hidden state, in batches of similar length."""
+    import torch
+
     out = np.zeros((len(texts), int(model.config.hidden_size)), dtype=np.float32)
     order = np.argsort([len(t) for t in texts], kind="stable")
     for start in range(0, len(texts), batch_size):
@@ -515,14 +516,26 @@ def embed(folder: Path | str, texts: list[str], *, batch_size: int = 64, max_len
     return out
 
 
-def offline_embedder(name: str = "multilingual-e5-small", *, prefix: str = "query: ",
+def embed(folder: Path | str, texts: list[str], *, batch_size: int = 64, max_length: int = 512) -> np.ndarray:
+    """e5 embeddings: mean over the attention mask of the last hidden state, L2-normalised.
+
+    Texts are used as given (add the ``query: `` / ``passage: `` prefix yourself); they are batched by
+    length, ``batch_size`` at a time, and cut at ``max_length`` tokens.
+    """
+    return _mean_pooled(*_load_encoder(folder), list(texts), batch_size, max_length)
+
+
+def offline_embedder(name: str = "multilingual-e5-small", *, prefix: str = "query: ", batch_size: int = 64,
                      max_length: int = 128) -> Callable[[list[str]], np.ndarray]:
-    """``texts -> (n, d)`` sentence embeddings of an offline base (prepared on first use), each text
-    prefixed as e5 expects; for ``reviewlens.baselines.EmbeddingFeatures``."""
+    """``texts -> (n, d)`` sentence embeddings of an offline base (prepared on first use, loaded once on the
+    first call), each text prefixed as e5 expects; for ``reviewlens.baselines.EmbeddingFeatures``."""
     folder = prepare_base(name)
+    loaded: list = []
 
     def embed_texts(texts: list[str]) -> np.ndarray:
-        return embed(folder, [prefix + t for t in texts], max_length=max_length)
+        if not loaded:
+            loaded.extend(_load_encoder(folder))
+        return _mean_pooled(*loaded, [prefix + t for t in texts], batch_size, max_length)
 
     return embed_texts
 
