@@ -7,7 +7,8 @@ import pytest
 
 from reviewlens.audit import (AuditReport, _none_probability, Predictions, audit, bundle_predictions, check_rules,
                               find_label_issues, geometric_mean, given_keywords, keyword_priors, kfold_indices,
-                              labeled_pairs, linear_out_of_fold, load_rules, log_loss, out_of_fold_predictions,
+                              keyword_log_loss, labeled_pairs, level_log_loss, linear_out_of_fold, load_rules, log_loss,
+                              out_of_fold_predictions,
                               presence_evidence, rank_reviews, review_self_confidence)
 from reviewlens.data import Review, ReviewDataset, read_reviews
 from reviewlens.errors import ReviewlensError
@@ -393,6 +394,21 @@ def test_log_loss_prefers_the_model_that_agrees_with_the_labels():
     dataset, predictions = _toy()
     worse = Predictions(1.0 - predictions.keyword_probs, predictions.pairs, predictions.sentiment_probs[:, ::-1])
     assert 0 < log_loss(dataset, predictions) < log_loss(dataset, worse)
+    assert log_loss(dataset, predictions) == pytest.approx(
+        keyword_log_loss(dataset, predictions) + level_log_loss(dataset, predictions))
+
+
+def test_each_head_keeps_its_own_penalty():
+    from reviewlens.audit import _best_per_head
+
+    dataset, good = _toy()
+    bad_keywords = Predictions(1.0 - good.keyword_probs, good.pairs, good.sentiment_probs)
+    bad_levels = Predictions(good.keyword_probs, good.pairs, good.sentiment_probs[:, ::-1])
+    # the keywords of the first penalty are right and its levels wrong; the other way for the second
+    best = _best_per_head(dataset, [(1e-5, bad_levels), (1e-4, bad_keywords)], "toy")
+    assert np.array_equal(best.keyword_probs, good.keyword_probs)
+    assert np.array_equal(best.sentiment_probs, good.sentiment_probs)
+    assert best.method == "toy (alpha 1e-05 keywords, 0.0001 levels)"
 
 
 def test_linear_audit_cli(tmp_path):
@@ -414,3 +430,47 @@ def test_linear_audit_cli(tmp_path):
     refused = CliRunner().invoke(app, ["audit", "--data", str(data), "--linear", "--model", str(tmp_path),
                                        "--output", str(tmp_path / "b.md")])
     assert refused.exit_code == 2 and "drop --model" in refused.output
+
+
+def test_platt_calibration_is_monotone_and_matches_label_rates():
+    from reviewlens.audit import platt_calibrated
+
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = [({"A": 1} if rng.random() < 0.3 else {}) for _ in range(n)]
+    labels = [dict(l, B=int(rng.choice([-1, 1], p=[0.2, 0.8]))) if i % 2 else l for i, l in enumerate(labels)]
+    dataset = _dataset(labels)
+    given = np.array([[k in l for k in SCHEMA.keywords] for l in labels])
+    # overconfident: the right direction, far too sure (0.01 / 0.99), and wrong 10% of the time
+    flip = rng.random(given.shape) < 0.1
+    probs = np.where(given ^ flip, 0.99, 0.01).astype(float)
+    probs[5, 0] = np.nan  # unscored
+    pairs = labeled_pairs(dataset)
+    levels = np.array([[0.01, 0.01, 0.98] if labels[i][k] == 1 else [0.5, 0.01, 0.49] for i, k in pairs])
+    calibrated = platt_calibrated(dataset, Predictions(probs, pairs, levels, "overconfident"))
+    a = calibrated.keyword_probs[:, 0]
+    assert np.isnan(a[5]) and calibrated.method == "overconfident"
+    scored = ~np.isnan(probs[:, 0])
+    # monotone: the ranking within a keyword is the model's
+    assert np.all(np.diff(a[scored][np.argsort(probs[scored, 0], kind="stable")]) >= -1e-12)
+    # calibrated: a "0.99" becomes the share of those reviews that carry the label (about 0.8, not 0.99)
+    sure = scored & (probs[:, 0] > 0.5)
+    assert abs(a[sure].mean() - given[sure, 0].mean()) < 0.02 and a[sure].mean() < 0.9
+    assert abs(np.nanmean(a) - given[:, 0].mean()) < 0.02
+    # levels: the mean probability of each level matches its share of the labels
+    shares = np.bincount([SCHEMA.level_index(labels[i][k]) for i, k in pairs], minlength=3) / len(pairs)
+    assert np.allclose(calibrated.sentiment_probs.mean(axis=0), shares, atol=0.02)
+    assert np.allclose(calibrated.sentiment_probs.sum(axis=1), 1.0)
+
+
+def test_platt_calibration_leaves_too_rare_keywords_alone():
+    from reviewlens.audit import platt_calibrated
+
+    dataset, predictions = _toy()  # B: 2 labeled, 6 not; A: 4 and 4
+    rare = _dataset([{"A": 1}, {"A": 1}, {"B": 1}, {"A": 1}, {}, {}, {}, {}])
+    p = Predictions(predictions.keyword_probs, labeled_pairs(rare),
+                    np.tile([0.1, 0.1, 0.8], (len(labeled_pairs(rare)), 1)), "toy")
+    out = platt_calibrated(rare, p)
+    assert np.array_equal(out.keyword_probs[:, 1], p.keyword_probs[:, 1])  # B: one labeled review
+    assert not np.array_equal(out.keyword_probs[:, 0], p.keyword_probs[:, 0])
+    assert np.array_equal(out.sentiment_probs, p.sentiment_probs)  # one level given: nothing to calibrate

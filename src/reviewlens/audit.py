@@ -184,17 +184,28 @@ def _out_of_fold(dataset: ReviewDataset, fit, folds: int, seed: int, method: str
     return Predictions(keyword_probs, pairs, sentiment, method)
 
 
-def log_loss(dataset: ReviewDataset, predictions: Predictions) -> float:
-    """Mean per review of the log loss of ``dataset``'s labels under ``predictions``: every keyword (present
-    or absent, binary) plus the level of every labeled keyword. NaN probabilities count as uninformative."""
+def keyword_log_loss(dataset: ReviewDataset, predictions: Predictions) -> float:
+    """Mean per review of the binary log loss of every keyword's presence or absence in ``dataset``'s labels
+    under ``predictions``; NaN probabilities count as uninformative (0.5)."""
     given = given_keywords(dataset)
     p = np.clip(np.nan_to_num(predictions.keyword_probs, nan=0.5), 1e-6, 1 - 1e-6)
-    total = -np.sum(np.where(given, np.log(p), np.log(1 - p)))
-    if predictions.pairs:
-        levels = [dataset.schema.level_index(dataset.reviews[i].labels[k]) for i, k in predictions.pairs]
-        level_p = predictions.sentiment_probs[np.arange(len(levels)), levels]
-        total -= np.sum(np.log(np.clip(np.nan_to_num(level_p, nan=1.0), 1e-6, 1.0)))
-    return float(total / max(len(dataset), 1))
+    return float(-np.sum(np.where(given, np.log(p), np.log(1 - p))) / max(len(dataset), 1))
+
+
+def level_log_loss(dataset: ReviewDataset, predictions: Predictions) -> float:
+    """Mean per review of the log loss of the level of every labeled keyword under ``predictions``; NaN
+    probabilities (unscored pairs) cost nothing."""
+    if not predictions.pairs:
+        return 0.0
+    levels = [dataset.schema.level_index(dataset.reviews[i].labels[k]) for i, k in predictions.pairs]
+    level_p = predictions.sentiment_probs[np.arange(len(levels)), levels]
+    return float(-np.sum(np.log(np.clip(np.nan_to_num(level_p, nan=1.0), 1e-6, 1.0))) / max(len(dataset), 1))
+
+
+def log_loss(dataset: ReviewDataset, predictions: Predictions) -> float:
+    """Mean per review of the log loss of ``dataset``'s labels under ``predictions``: every keyword (present
+    or absent, binary) plus the level of every labeled keyword (``keyword_log_loss + level_log_loss``)."""
+    return keyword_log_loss(dataset, predictions) + level_log_loss(dataset, predictions)
 
 
 def geometric_mean(predictions: Sequence[Predictions], method: str = "") -> Predictions:
@@ -218,10 +229,59 @@ def geometric_mean(predictions: Sequence[Predictions], method: str = "") -> Pred
                            method or " x ".join(p.method for p in predictions))
 
 
+def platt_calibrated(dataset: ReviewDataset, predictions: Predictions) -> Predictions:
+    """``predictions`` recalibrated to the labels under audit: per keyword a logistic regression of its
+    presence on the logit of its probability (Platt scaling), and one multinomial logistic regression of the
+    given level on the log level probabilities. Each map is monotone per keyword and has two (levels: twelve)
+    parameters, so it cannot learn which reviews are wrong; it only puts keywords and levels on one scale.
+
+    Why: ``presence_evidence`` compares a keyword's probability with its prior across keywords, and the
+    ranking compares level probabilities across given levels, both of which assume calibrated probabilities;
+    a geometric mean of two models that read the same text counts its evidence twice and is overconfident.
+    Keywords (and levels) with fewer than two labels on either side, and unscored (NaN) rows, stay as they are.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    given = given_keywords(dataset)
+    keyword_probs = predictions.keyword_probs.copy()
+    for j in range(keyword_probs.shape[1]):
+        scored = ~np.isnan(keyword_probs[:, j])
+        labels = given[scored, j]
+        if min(labels.sum(), (~labels).sum()) < 2:
+            continue
+        p = np.clip(keyword_probs[scored, j], 1e-9, 1 - 1e-9)
+        logit = (np.log(p) - np.log1p(-p))[:, None]
+        keyword_probs[scored, j] = LogisticRegression().fit(logit, labels).predict_proba(logit)[:, 1]
+    sentiment_probs = predictions.sentiment_probs.copy()
+    if predictions.pairs:
+        levels = np.array([dataset.schema.level_index(dataset.reviews[i].labels[k]) for i, k in predictions.pairs])
+        scored = ~np.isnan(sentiment_probs).any(axis=1)
+        counts = np.bincount(levels[scored], minlength=sentiment_probs.shape[1])
+        if (counts >= 2).sum() >= 2:
+            x = np.log(np.clip(sentiment_probs[scored], 1e-9, 1.0))
+            model = LogisticRegression(max_iter=1000).fit(x, levels[scored])
+            calibrated = np.zeros_like(x)
+            calibrated[:, model.classes_] = model.predict_proba(x)
+            sentiment_probs[scored] = calibrated
+    return Predictions(keyword_probs, list(predictions.pairs), sentiment_probs, predictions.method)
+
+
 TFIDF_ALPHAS = (1e-5, 3e-5, 1e-4)
 EMBEDDING_ALPHAS = (3e-5, 1e-4, 3e-4)
-"""L2 penalties tried for the linear audit models; each model keeps the one whose out-of-fold predictions give
-the given labels the lowest ``log_loss`` (the labels under audit are all there is to choose on)."""
+"""L2 penalties tried for the linear audit models. Each model's keyword and level heads each keep the penalty
+whose out-of-fold predictions give the given labels the lowest log loss (``keyword_log_loss``,
+``level_log_loss``): the labels under audit are all there is to choose on."""
+
+
+def _best_per_head(dataset: ReviewDataset, runs: list[tuple[float, Predictions]], name: str) -> Predictions:
+    """The keyword probabilities of the run (penalty, predictions) with the lowest ``keyword_log_loss`` and
+    the level probabilities of the one with the lowest ``level_log_loss``: the two heads are separate
+    regressions, and one penalty for both is chosen by the keyword loss, 25 binary terms per review against
+    one level term."""
+    keyword_alpha, keywords = min(runs, key=lambda run: keyword_log_loss(dataset, run[1]))
+    level_alpha, levels = min(runs, key=lambda run: level_log_loss(dataset, run[1]))
+    return Predictions(keywords.keyword_probs, list(keywords.pairs), levels.sentiment_probs,
+                       f"{name} (alpha {keyword_alpha:g} keywords, {level_alpha:g} levels)")
 
 
 def linear_out_of_fold(dataset: ReviewDataset, *, folds: int = 10, seed: int = 42,
@@ -231,9 +291,10 @@ def linear_out_of_fold(dataset: ReviewDataset, *, folds: int = 10, seed: int = 4
 
     A ``baselines.FastReviewModel`` on TF-IDF character n-grams and, with ``embed`` (e.g.
     ``bases.offline_embedder()``), another on frozen sentence embeddings (a linear probe), combined by
-    ``geometric_mean``. Each model's L2 penalty is chosen by ``log_loss`` (``TFIDF_ALPHAS``,
-    ``EMBEDDING_ALPHAS``). Ten folds by default: each model learns from 90% of the labels. Pass an
-    ``EmbeddingFeatures`` instead of a function to reuse its vectors across calls (datasets sharing texts).
+    ``geometric_mean``. Each model's keyword and level heads get their own L2 penalty by out-of-fold log loss
+    (``TFIDF_ALPHAS``, ``EMBEDDING_ALPHAS``, ``_best_per_head``). Ten folds by default: each model learns
+    from 90% of the labels. Pass an ``EmbeddingFeatures`` instead of a function to reuse its vectors across
+    calls (datasets sharing texts).
     """
     from .baselines import EmbeddingFeatures, FastModelConfig, FastReviewModel, TfidfFeatures
 
@@ -251,16 +312,14 @@ def linear_out_of_fold(dataset: ReviewDataset, *, folds: int = 10, seed: int = 4
             config = FastModelConfig(alpha=alpha, solver=solver, keyword_interactions=interactions,
                                      threshold_folds=0, seed=seed)
             logger.info("linear audit: %s, alpha %g, %d folds", name, alpha, folds)
-            run = out_of_fold_predictions(dataset, folds=folds, seed=seed, fit=lambda part, fold, c=config, f=features:
-                                          FastReviewModel(part.schema, c, features=f).fit(part))
-            runs.append((log_loss(dataset, run), alpha, run))
-        _, alpha, best = min(runs, key=lambda run: run[0])
-        best.method = f"{name} (alpha {alpha:g})"
-        parts.append(best)
-    combined = geometric_mean(parts) if len(parts) > 1 else parts[0]
+            runs.append((alpha, out_of_fold_predictions(
+                dataset, folds=folds, seed=seed,
+                fit=lambda part, fold, c=config, f=features: FastReviewModel(part.schema, c, features=f).fit(part))))
+        parts.append(_best_per_head(dataset, runs, name))
+    combined = platt_calibrated(dataset, geometric_mean(parts) if len(parts) > 1 else parts[0])
     combined.method = (f"out-of-fold predictions, {folds} folds, of linear models on "
                        + " and ".join(p.method for p in parts)
-                       + (" (geometric mean)" if len(parts) > 1 else ""))
+                       + (" (geometric mean" if len(parts) > 1 else " (") + ", Platt-calibrated)")
     return combined
 
 
