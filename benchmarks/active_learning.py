@@ -5,13 +5,17 @@ trains a model on the labels revealed so far and scores the pipeline (keyword + 
 "entire pipeline" micro F1) on ``dev.jsonl``. Strategies go through ``reviewlens.selection.select``
 exactly as ``reviewlens select`` does (de-duplication included).
 
-The model is ``reviewlens.baselines.FastReviewModel`` (TF-IDF character n-grams + SGD logistic
-regressions; embeddings = TruncatedSVD of TF-IDF), NOT the transformer bundle: a transformer per
-round x strategy x seed does not fit in an hour on a shared 2-core CPU. The rare-text SentencePiece
-model learns from the pool's texts (the `select` default when no --first-data is given).
+The model is ``reviewlens.baselines.LinearEnsemble`` (``--model ensemble``: the quick audit's linear models,
+on TF-IDF character n-grams and on frozen multilingual-e5-small sentence embeddings, geometric mean;
+embeddings for the outlier strategy = e5) or ``FastReviewModel`` (``--model fast``: TF-IDF alone;
+embeddings = TruncatedSVD of TF-IDF), NOT the transformer bundle: a transformer per round x strategy x
+seed does not fit in an hour on a shared 2-core CPU. The rare-text SentencePiece model learns from the
+pool's texts (the `select` default when no --first-data is given).
 
-    python benchmarks/active_learning.py            # 3 seeds, budgets 100..1500 by 100 (target: < 60 min)
-    python benchmarks/active_learning.py --quick    # 1 seed, budgets 100..1500 by 200
+    python benchmarks/active_learning.py                  # 3 seeds, budgets 100..1500 by 100 (target: < 60 min)
+    python benchmarks/active_learning.py --quick          # 1 seed, budgets 100..1500 by 200
+    python benchmarks/active_learning.py --first-seed 3   # other seeds (3, 4, 5)
+    python benchmarks/active_learning.py --model fast     # TF-IDF model alone
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from reviewlens.baselines import FastModelConfig, FastReviewModel, TfidfFeatures  # noqa: E402
+from reviewlens.baselines import (EnsembleConfig, FastModelConfig, FastReviewModel, LinearEnsemble,  # noqa: E402
+                                  TfidfFeatures)
 from reviewlens.data import read_reviews  # noqa: E402
 from reviewlens.evaluation import evaluate_predictions  # noqa: E402
 from reviewlens.selection import DEFAULT_STRATEGY, SelectionContext, make_strategy, select  # noqa: E402
@@ -37,13 +42,14 @@ STRATEGIES = {"random": "random", "keyword-boundary": "keyword-boundary", "keywo
               "rare-text": "rare-text", "outliers": "outliers", "mix": DEFAULT_STRATEGY}
 
 
-def simulate(pool, dev, spec: str, budgets: list[int], initial: int, seed: int, features: TfidfFeatures,
-             text_cache: dict, config: FastModelConfig) -> list[tuple[int, float, float]]:
-    """(labels, pipeline F1, category F1) after each round of one strategy and seed."""
+def simulate(pool, dev, spec: str, budgets: list[int], initial: int, seed: int, make_model,
+             text_cache: dict) -> list[tuple[int, float, float]]:
+    """(labels, pipeline F1, category F1) after each round of one strategy and seed; ``make_model(seed)``
+    gives an unfitted model."""
     rng = np.random.default_rng(seed)
     labeled = [int(i) for i in rng.choice(len(pool), initial, replace=False)]
     curve = []
-    model = FastReviewModel(pool.schema, config, features=features).fit(pool.subset(labeled))
+    model = make_model(seed).fit(pool.subset(labeled))
     for budget in budgets:
         if budget > len(labeled):  # a round: the current model picks the next reviews, then retrains
             context = SelectionContext.from_dataset(pool, model, text_cache=text_cache)
@@ -51,7 +57,7 @@ def simulate(pool, dev, spec: str, budgets: list[int], initial: int, seed: int, 
             chosen = select(context, strategy, budget - len(labeled), exclude_ids=[pool.ids[i] for i in labeled],
                             seed=seed + budget)
             labeled += chosen.indices
-            model = FastReviewModel(pool.schema, config, features=features).fit(pool.subset(labeled))
+            model = make_model(seed).fit(pool.subset(labeled))
         result = evaluate_predictions(dev, model.predict(dev.texts))
         curve.append((len(labeled), result["pipeline"]["f1"], result["pipeline"]["category"]["f1"]))
     return curve
@@ -73,6 +79,10 @@ def main() -> None:
     parser.add_argument("--pool", type=Path, default=NIKL / "train.jsonl")
     parser.add_argument("--dev", type=Path, default=NIKL / "dev.jsonl")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--model", choices=["ensemble", "fast"], default="ensemble",
+                        help="LinearEnsemble (TF-IDF + e5 embeddings) or FastReviewModel (TF-IDF)")
+    parser.add_argument("--embeddings", default="multilingual-e5-small", help="offline base of --model ensemble")
     parser.add_argument("--initial", type=int, default=100)
     parser.add_argument("--step", type=int, default=100)
     parser.add_argument("--budget", type=int, default=1500)
@@ -89,8 +99,20 @@ def main() -> None:
     pool = read_reviews(args.pool)
     dev = read_reviews(args.dev, schema=pool.schema, allow_new_keywords=True)
     pool.schema = dev.schema  # keywords only dev has count as misses
-    config = FastModelConfig()
-    features = TfidfFeatures(pool.texts + dev.texts, config)
+    features = TfidfFeatures(pool.texts + dev.texts, FastModelConfig())
+    if args.model == "ensemble":
+        from reviewlens.baselines import EmbeddingFeatures
+        from reviewlens.bases import offline_embedder
+
+        embeddings = EmbeddingFeatures(pool.texts + dev.texts, offline_embedder(args.embeddings))
+
+        def make_model(seed: int):
+            return LinearEnsemble(pool.schema, features, embeddings, EnsembleConfig(seed=seed))
+        model_name = f"LinearEnsemble (TF-IDF char 1-3-grams + {args.embeddings} embeddings, geometric mean)"
+    else:
+        def make_model(seed: int):
+            return FastReviewModel(pool.schema, FastModelConfig(), features=features)  # seed 0, as measured before
+        model_name = "FastReviewModel (TF-IDF char 1-3-grams + SGD logistic regressions)"
     text_cache: dict = {}
     budgets = list(range(args.initial, args.budget + 1, args.step))
     if budgets[-1] != args.budget:
@@ -99,17 +121,16 @@ def main() -> None:
     curves: dict[str, np.ndarray] = {}
     for name in names:
         runs = []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             t0 = time.time()
-            runs.append(simulate(pool, dev, STRATEGIES[name], budgets, args.initial, seed, features, text_cache,
-                                 config))
+            runs.append(simulate(pool, dev, STRATEGIES[name], budgets, args.initial, seed, make_model, text_cache))
             print(f"  {name:17s} seed {seed}: F1 {runs[-1][-1][1]:.3f} at {budgets[-1]} labels "
                   f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
         curves[name] = np.array([[f1 for _, f1, _ in run] for run in runs])  # (seeds, budgets)
 
     print(f"\nActive learning on NIKL ({len(pool)} pool reviews, {len(dev)} dev): pipeline micro F1 on dev, "
           f"mean over {args.seeds} seed(s){' (quick mode)' if args.quick else ''}.")
-    print("Model: FastReviewModel (TF-IDF char 1-3-grams + SGD logistic regressions), not a transformer.\n")
+    print(f"Model: {model_name}, not a transformer; seeds {args.first_seed}..{args.first_seed + args.seeds - 1}.\n")
     print("| labels | " + " | ".join(names) + " |")
     print("| ---: |" + " ---: |" * len(names))
     for k, budget in enumerate(budgets):
@@ -142,7 +163,7 @@ def main() -> None:
             ax.fill_between(budgets, mean - std, mean + std, alpha=0.15)
     ax.set_xlabel("labeled reviews")
     ax.set_ylabel("pipeline F1 (dev)")
-    ax.set_title("NIKL active learning (FastReviewModel)")
+    ax.set_title(f"NIKL active learning ({args.model} model)")
     ax.grid(alpha=0.3)
     ax.legend()
     path = save_figure(fig, args.out / "learning_curve.png")

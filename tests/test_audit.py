@@ -474,3 +474,46 @@ def test_platt_calibration_leaves_too_rare_keywords_alone():
     assert np.array_equal(out.keyword_probs[:, 1], p.keyword_probs[:, 1])  # B: one labeled review
     assert not np.array_equal(out.keyword_probs[:, 0], p.keyword_probs[:, 0])
     assert np.array_equal(out.sentiment_probs, p.sentiment_probs)  # one level given: nothing to calibrate
+
+
+def test_product_of_experts_and_the_sentiment_penalty():
+    from reviewlens.baselines import (FastModelConfig, FastReviewModel, TfidfFeatures, binary_product_of_experts,
+                                      product_of_experts)
+
+    expected = np.sqrt(0.9 * 0.5) / (np.sqrt(0.9 * 0.5) + np.sqrt(0.1 * 0.5))
+    assert binary_product_of_experts([np.array([0.9]), np.array([0.5])])[0] == pytest.approx(expected)
+    assert np.allclose(product_of_experts([np.array([[0.2, 0.8]]), np.array([[0.2, 0.8]])]), [[0.2, 0.8]])
+    assert np.isnan(binary_product_of_experts([np.array([np.nan]), np.array([0.5])])[0])
+
+    dataset = _synthetic_reviews()
+    features = TfidfFeatures(dataset.texts)
+    same = FastReviewModel(dataset.schema, FastModelConfig(alpha=1e-4, threshold_folds=0), features=features).fit(dataset)
+    strong = FastReviewModel(dataset.schema, FastModelConfig(alpha=1e-4, sentiment_alpha=1e-1, threshold_folds=0),
+                             features=features).fit(dataset)
+    texts, keywords = dataset.texts[:5], ["배송"] * 5
+    assert np.allclose(strong.keyword_probs(texts), same.keyword_probs(texts))  # keywords: the same penalty
+    # a much larger sentiment penalty pulls the level distributions towards flat
+    assert strong.sentiment_probs(texts, keywords).max() < same.sentiment_probs(texts, keywords).max()
+
+
+def test_linear_ensemble_predicts_and_serves_selection():
+    from reviewlens.baselines import (EmbeddingFeatures, EnsembleConfig, LinearEnsemble, TfidfFeatures,
+                                      binary_product_of_experts)
+    from reviewlens.selection import SelectionContext, select
+
+    dataset = _synthetic_reviews()
+    train = dataset.subset(range(2, 90))  # without the two planted errors
+    ensemble = LinearEnsemble(dataset.schema, TfidfFeatures(dataset.texts), EmbeddingFeatures(dataset.texts, _char_embed),
+                              EnsembleConfig(keyword_alpha=1e-3, sentiment_alpha=1e-3))
+    with pytest.raises(RuntimeError, match="fit"):
+        ensemble.keyword_probs(["배송이 빨라요"])
+    ensemble.fit(train)
+    assert set(ensemble.thresholds) == set(dataset.schema.keywords)
+    assert ensemble.predict(["배송이 빨라요 와 100", "가격이 비싸요 음 101"]) == [{"배송": 1}, {"가격": -1}]
+    texts = dataset.texts[:4]
+    members = binary_product_of_experts([m.keyword_probs(texts) for m in ensemble.members])
+    assert np.allclose(ensemble.keyword_probs(texts), members)
+    assert ensemble.embed(texts).shape == (4, 256)
+    chosen = select(SelectionContext.from_dataset(dataset, ensemble), "keyword-entropy", 5,
+                    exclude_ids=[r.id for r in train.reviews[:40]])
+    assert len(chosen.indices) == 5 and not set(chosen.indices) & set(range(2, 42))

@@ -218,15 +218,11 @@ def geometric_mean(predictions: Sequence[Predictions], method: str = "") -> Pred
     if any(p.pairs != first.pairs or p.keyword_probs.shape != first.keyword_probs.shape for p in predictions):
         raise ReviewlensError("geometric_mean: the predictions are not of the same labels")
 
-    def mean_log(arrays: list[np.ndarray]) -> np.ndarray:
-        return np.mean([np.log(np.clip(a, 1e-9, 1.0)) for a in arrays], axis=0)
+    from .baselines import binary_product_of_experts, product_of_experts
 
-    yes = np.exp(mean_log([p.keyword_probs for p in predictions]))
-    no = np.exp(mean_log([1.0 - p.keyword_probs for p in predictions]))
-    levels = np.exp(mean_log([p.sentiment_probs for p in predictions]))
-    with np.errstate(invalid="ignore"):  # NaN rows (unscored) stay NaN
-        return Predictions(yes / (yes + no), list(first.pairs), levels / levels.sum(axis=1, keepdims=True),
-                           method or " x ".join(p.method for p in predictions))
+    return Predictions(binary_product_of_experts([p.keyword_probs for p in predictions]), list(first.pairs),
+                       product_of_experts([p.sentiment_probs for p in predictions]),
+                       method or " x ".join(p.method for p in predictions))
 
 
 def platt_calibrated(dataset: ReviewDataset, predictions: Predictions) -> Predictions:
