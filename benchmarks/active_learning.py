@@ -38,6 +38,7 @@ from reviewlens.selection import DEFAULT_STRATEGY, SelectionContext, make_strate
 
 NIKL = ROOT.parent / "shared" / "data" / "nikl-absa-2022"
 STRATEGIES = {"random": "random", "keyword-boundary": "keyword-boundary", "keyword-entropy": "keyword-entropy",
+              "label-entropy": "label-entropy",
               "sentiment-margin": "sentiment-margin",
               "rare-text": "rare-text", "outliers": "outliers", "mix": DEFAULT_STRATEGY}
 

@@ -67,6 +67,20 @@ def test_keyword_entropy_adds_up_the_doubt_about_every_keyword():
     assert select(ctx, KeywordBoundary(), 1, near_duplicate=None).indices == [0]  # the single closest keyword
 
 
+def test_label_entropy_adds_the_level_doubt_of_likely_keywords():
+    from reviewlens.selection import LabelEntropy
+
+    # same keyword doubt; "mixed" is unsure of its predicted keyword's level, "clear" is not
+    probs = {"clear": [0.9, 0.02, 0.02], "mixed": [0.9, 0.02, 0.02]}
+    sentiment = {("clear", "디자인"): [0.0, 0.0, 1.0], ("mixed", "디자인"): [0.5, 0.0, 0.5]}
+    ctx = SelectionContext(list(probs), FakeModel(probs, sentiment, thresholds={k: 0.5 for k in KEYWORDS}))
+    keyword = KeywordEntropy().score(ctx)
+    assert keyword[0] == pytest.approx(keyword[1])
+    # H(absent, present at v) = H(p) + p * H(levels): 0.9 * ln 2 more for "mixed"
+    assert LabelEntropy().score(ctx) == pytest.approx([keyword[0], keyword[1] + 0.9 * np.log(2)], abs=1e-6)
+    assert select(ctx, make_strategy("label-entropy"), 1, near_duplicate=None).indices == [1]
+
+
 def test_sentiment_margin_is_the_seeds_formula_over_predicted_keywords():
     probs = {"x": [0.9, 0.9, 0.0], "y": [0.1, 0.1, 0.1], "z": [0.9, 0.0, 0.0]}
     sentiment = {("x", "디자인"): [0.1, 0.1, 0.8], ("x", "배송"): [0.4, 0.3, 0.3],

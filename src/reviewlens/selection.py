@@ -326,6 +326,23 @@ class KeywordEntropy(QueryStrategy):
         return -(p * np.log(p) + (1.0 - p) * np.log(1.0 - p)).sum(axis=1)
 
 
+class LabelEntropy(QueryStrategy):
+    """Unsure of the whole label: per keyword, the entropy of "absent, or present with level v", which is
+    ``H(p) + p * H(levels)``, summed over the keywords (``keyword-entropy`` plus the level doubt of each
+    keyword, weighted by how likely the keyword is). Level distributions are read for the predicted keywords
+    (``SelectionContext.sentiment``); the other keywords count by their presence alone."""
+
+    name = "label-entropy"
+
+    def score(self, context: SelectionContext) -> np.ndarray:
+        out = KeywordEntropy().score(context)
+        rows, cols, dists = context.sentiment
+        if len(rows):
+            d = np.clip(dists, 1e-12, 1.0)
+            np.add.at(out, rows, context.keyword_probs[rows, cols] * -(d * np.log(d)).sum(axis=1))
+        return out
+
+
 class SentimentMargin(QueryStrategy):
     """Unsure sentiment: ``(1 - max p) * N / (N - 1)`` (the seed's formula, 0..1), the largest over the
     predicted keywords of a review."""
@@ -527,6 +544,7 @@ class WeightedMix(QueryStrategy):
 STRATEGIES = {
     "keyword-boundary": KeywordBoundary,
     "keyword-entropy": KeywordEntropy,
+    "label-entropy": LabelEntropy,
     "sentiment-margin": SentimentMargin,
     "rare-text": RareText,
     "outliers": Outliers,
