@@ -370,6 +370,8 @@ def test_linear_out_of_fold_finds_planted_errors():
     tfidf_only = linear_out_of_fold(dataset, folds=5, seed=0)
     assert "embeddings" not in tfidf_only.method and not np.allclose(tfidf_only.keyword_probs,
                                                                     predictions.keyword_probs)
+    assert predictions.method.endswith("(each Platt-calibrated; their geometric mean, Platt-calibrated)")
+    assert tfidf_only.method.endswith(" levels) (Platt-calibrated)")  # one model: calibrated once
 
 
 def test_embedding_features_and_the_lbfgs_solver():

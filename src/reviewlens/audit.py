@@ -288,7 +288,9 @@ def linear_out_of_fold(dataset: ReviewDataset, *, folds: int = 10, seed: int = 4
     A ``baselines.FastReviewModel`` on TF-IDF character n-grams and, with ``embed`` (e.g.
     ``bases.offline_embedder()``), another on frozen sentence embeddings (a linear probe), combined by
     ``geometric_mean``. Each model's keyword and level heads get their own L2 penalty by out-of-fold log loss
-    (``TFIDF_ALPHAS``, ``EMBEDDING_ALPHAS``, ``_best_per_head``). Ten folds by default: each model learns
+    (``TFIDF_ALPHAS``, ``EMBEDDING_ALPHAS``, ``_best_per_head``); each model is ``platt_calibrated`` before
+    the mean (so that it multiplies calibrated experts) and the mean again after it (it counts the evidence the
+    two models share twice). Ten folds by default: each model learns
     from 90% of the labels. Pass an ``EmbeddingFeatures`` instead of a function to reuse its vectors across
     calls (datasets sharing texts).
     """
@@ -311,11 +313,12 @@ def linear_out_of_fold(dataset: ReviewDataset, *, folds: int = 10, seed: int = 4
             runs.append((alpha, out_of_fold_predictions(
                 dataset, folds=folds, seed=seed,
                 fit=lambda part, fold, c=config, f=features: FastReviewModel(part.schema, c, features=f).fit(part))))
-        parts.append(_best_per_head(dataset, runs, name))
-    combined = platt_calibrated(dataset, geometric_mean(parts) if len(parts) > 1 else parts[0])
+        parts.append(platt_calibrated(dataset, _best_per_head(dataset, runs, name)))
+    combined = platt_calibrated(dataset, geometric_mean(parts)) if len(parts) > 1 else parts[0]
     combined.method = (f"out-of-fold predictions, {folds} folds, of linear models on "
                        + " and ".join(p.method for p in parts)
-                       + (" (geometric mean" if len(parts) > 1 else " (") + ", Platt-calibrated)")
+                       + (" (each Platt-calibrated; their geometric mean, Platt-calibrated)" if len(parts) > 1
+                          else " (Platt-calibrated)"))
     return combined
 
 
