@@ -8,8 +8,8 @@ first) is then scored on the top 10% of the ranking: precision and recall of the
 
 The out-of-fold models are those of ``reviewlens audit --linear`` (``reviewlens.audit.linear_out_of_fold``):
 logistic regressions on TF-IDF character n-grams and on frozen multilingual-e5-small sentence embeddings,
-10 folds, combined by a geometric mean and Platt-calibrated to the given labels; NOT the transformer k-fold
-training of ``reviewlens audit`` (too slow for a shared CPU). Each model's keyword and level penalties are
+10 folds, each Platt-calibrated to the given labels, combined by a geometric mean and calibrated again; NOT
+the transformer k-fold training of ``reviewlens audit`` (too slow for a shared CPU). Each model's keyword and level penalties are
 chosen per run by the out-of-fold log loss of the given (noisy) labels, as a user would choose them on their
 own data: the injected errors are never looked at.
 The same audit on the *original* labels lists the top suspected original labels to read.

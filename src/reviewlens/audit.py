@@ -77,6 +77,11 @@ def given_keywords(dataset: ReviewDataset) -> np.ndarray:
     return given
 
 
+def given_levels(dataset: ReviewDataset, pairs: Sequence[tuple[int, str]]) -> np.ndarray:
+    """(len(pairs),) the index of each labeled (review, keyword) pair's given level."""
+    return np.array([dataset.schema.level_index(dataset.reviews[i].labels[k]) for i, k in pairs], dtype=int)
+
+
 def labeled_pairs(dataset: ReviewDataset) -> list[tuple[int, str]]:
     """(review index, keyword) of every labeled keyword."""
     return [(i, k) for i, r in enumerate(dataset.reviews) for k in (r.labels or {})]
@@ -197,7 +202,7 @@ def level_log_loss(dataset: ReviewDataset, predictions: Predictions) -> float:
     probabilities (unscored pairs) cost nothing."""
     if not predictions.pairs:
         return 0.0
-    levels = [dataset.schema.level_index(dataset.reviews[i].labels[k]) for i, k in predictions.pairs]
+    levels = given_levels(dataset, predictions.pairs)
     level_p = predictions.sentiment_probs[np.arange(len(levels)), levels]
     return float(-np.sum(np.log(np.clip(np.nan_to_num(level_p, nan=1.0), 1e-6, 1.0))) / max(len(dataset), 1))
 
@@ -250,7 +255,7 @@ def platt_calibrated(dataset: ReviewDataset, predictions: Predictions) -> Predic
         keyword_probs[scored, j] = LogisticRegression().fit(logit, labels).predict_proba(logit)[:, 1]
     sentiment_probs = predictions.sentiment_probs.copy()
     if predictions.pairs:
-        levels = np.array([dataset.schema.level_index(dataset.reviews[i].labels[k]) for i, k in predictions.pairs])
+        levels = given_levels(dataset, predictions.pairs)
         scored = ~np.isnan(sentiment_probs).any(axis=1)
         counts = np.bincount(levels[scored], minlength=sentiment_probs.shape[1])
         if (counts >= 2).sum() >= 2:
@@ -530,7 +535,6 @@ def type_self_confidences(dataset: ReviewDataset, predictions: Predictions) -> d
     keyword labeled beside others; ``keyword_missing``: not labeled; ``no_keywords``: no keyword at all;
     ``sentiment``: level), each review's lowest self-confidence over its labels of that type: (n,) arrays,
     ``inf`` where a review has no label of the type or the model did not score it."""
-    schema = dataset.schema
     n = len(dataset)
     given = given_keywords(dataset)
     probs = predictions.keyword_probs
@@ -541,10 +545,12 @@ def type_self_confidences(dataset: ReviewDataset, predictions: Predictions) -> d
     empty = ~given.any(axis=1) & ~np.isnan(probs).all(axis=1) if probs.size else np.zeros(n, bool)
     if empty.any():  # labeled with no keyword: how sure the model is that the review mentions none
         out["no_keywords"][empty] = _none_probabilities(probs, given)[empty]
-    for p, (i, keyword) in enumerate(predictions.pairs):
-        value = predictions.sentiment_probs[p, schema.level_index(dataset.reviews[i].labels[keyword])]
-        if not np.isnan(value):
-            out["sentiment"][i] = min(out["sentiment"][i], value)
+    if predictions.pairs:  # a review's lowest probability of a level it was given
+        levels = given_levels(dataset, predictions.pairs)
+        values = predictions.sentiment_probs[np.arange(len(levels)), levels]
+        rows = np.array([i for i, _ in predictions.pairs])
+        scored = ~np.isnan(values)
+        np.minimum.at(out["sentiment"], rows[scored], values[scored])
     return out
 
 

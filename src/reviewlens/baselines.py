@@ -172,13 +172,7 @@ class FastReviewModel:
         return self
 
     def _targets(self, dataset: ReviewDataset) -> np.ndarray:
-        y = np.zeros((len(dataset), len(self.keywords)), dtype=int)
-        index = {k: i for i, k in enumerate(self.keywords)}
-        for row, review in enumerate(dataset.reviews):
-            for keyword in review.labels or {}:
-                if keyword in index:
-                    y[row, index[keyword]] = 1
-        return y
+        return keyword_targets(dataset, self.keywords)
 
     def _fit_keywords(self, x, y: np.ndarray) -> list:
         """One model per keyword; a constant (0 or 1) where the keyword has a single class."""
@@ -192,16 +186,12 @@ class FastReviewModel:
         return models
 
     def _fit_thresholds(self, x, y: np.ndarray) -> dict[str, float]:
-        """Per-keyword thresholds (``calibration.fit_thresholds``) on out-of-fold probabilities."""
-        from sklearn.model_selection import KFold
-
-        folds = min(self.config.threshold_folds, y.shape[0])
-        if folds < 2:
-            return {}
-        oof = np.zeros(y.shape, dtype=float)
-        for train_idx, test_idx in KFold(folds, shuffle=True, random_state=self.config.seed).split(y):
-            oof[test_idx] = self._probs_from(self._fit_keywords(x[train_idx], y[train_idx]), x[test_idx])
-        return fit_thresholds(oof, y, self.keywords, self.config.threshold_min_support)
+        """Per-keyword thresholds on out-of-fold probabilities (``out_of_fold_thresholds``)."""
+        c = self.config
+        return out_of_fold_thresholds(
+            y, self.keywords, lambda train_idx, test_idx: self._probs_from(
+                self._fit_keywords(x[train_idx], y[train_idx]), x[test_idx]),
+            folds=c.threshold_folds, seed=c.seed, min_support=c.threshold_min_support)
 
     def _sentiment_features(self, x_text, keywords: Sequence[str]):
         from scipy import sparse
@@ -283,6 +273,32 @@ class FastReviewModel:
         return predict_labels(self, texts)
 
 
+def keyword_targets(dataset: ReviewDataset, keywords: Sequence[str]) -> np.ndarray:
+    """(n, K) 0/1: the ``keywords`` each review is labeled with (labels outside ``keywords`` ignored)."""
+    y = np.zeros((len(dataset), len(keywords)), dtype=int)
+    index = {k: i for i, k in enumerate(keywords)}
+    for row, review in enumerate(dataset.reviews):
+        for keyword in review.labels or {}:
+            if keyword in index:
+                y[row, index[keyword]] = 1
+    return y
+
+
+def out_of_fold_thresholds(y: np.ndarray, keywords: Sequence[str], probs: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                           *, folds: int, seed: int, min_support: int) -> dict[str, float]:
+    """Per-keyword thresholds (``calibration.fit_thresholds``) on out-of-fold keyword probabilities:
+    ``probs(train_idx, test_idx)`` fits on the train rows and scores the test rows. {} under 2 folds."""
+    from sklearn.model_selection import KFold
+
+    folds = min(folds, y.shape[0])
+    if folds < 2:
+        return {}
+    oof = np.zeros(y.shape, dtype=float)
+    for train_idx, test_idx in KFold(folds, shuffle=True, random_state=seed).split(y):
+        oof[test_idx] = probs(train_idx, test_idx)
+    return fit_thresholds(oof, y, keywords, min_support)
+
+
 def predict_labels(model, texts: Sequence[str]) -> list[dict[str, int]]:
     """``{keyword: level}`` per text from a selection model (``keywords``, ``levels``, ``thresholds``,
     ``keyword_probs``, ``sentiment_probs``): keywords above their thresholds, the most probable level of each."""
@@ -344,26 +360,22 @@ class LinearEnsemble:
 
     def _fit_members(self, dataset: ReviewDataset) -> list[FastReviewModel]:
         c = self.config
-        settings = [(self.tfidf, FastModelConfig(alpha=c.keyword_alpha, sentiment_alpha=c.sentiment_alpha,
-                                                 threshold_folds=0, seed=c.seed)),
-                    (self.embeddings, FastModelConfig(alpha=c.keyword_alpha, sentiment_alpha=c.sentiment_alpha,
-                                                      solver="lbfgs", keyword_interactions=0.0, threshold_folds=0,
-                                                      seed=c.seed))]
-        return [FastReviewModel(self.schema, config, features=features).fit(dataset) for features, config in settings]
+        tfidf = FastModelConfig(alpha=c.keyword_alpha, sentiment_alpha=c.sentiment_alpha, threshold_folds=0,
+                                seed=c.seed)
+        probe = replace(tfidf, solver="lbfgs", keyword_interactions=0.0)
+        return [FastReviewModel(self.schema, config, features=features).fit(dataset)
+                for features, config in ((self.tfidf, tfidf), (self.embeddings, probe))]
 
     def fit(self, dataset: ReviewDataset) -> "LinearEnsemble":
-        from sklearn.model_selection import KFold
+        def probs(train_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
+            texts = [dataset.texts[i] for i in test_idx]
+            return binary_product_of_experts([m.keyword_probs(texts)
+                                              for m in self._fit_members(dataset.subset(train_idx))])
 
-        y = np.array([[k in (r.labels or {}) for k in self.keywords] for r in dataset.reviews], dtype=int)
-        folds = min(self.config.threshold_folds, len(dataset))
-        self.thresholds = {}
-        if folds > 1:
-            oof = np.zeros(y.shape, dtype=float)
-            for train_idx, test_idx in KFold(folds, shuffle=True, random_state=self.config.seed).split(y):
-                members = self._fit_members(dataset.subset(train_idx))
-                texts = [dataset.texts[i] for i in test_idx]
-                oof[test_idx] = binary_product_of_experts([m.keyword_probs(texts) for m in members])
-            self.thresholds = fit_thresholds(oof, y, self.keywords, self.config.threshold_min_support)
+        c = self.config
+        self.thresholds = out_of_fold_thresholds(keyword_targets(dataset, self.keywords), self.keywords, probs,
+                                                 folds=c.threshold_folds, seed=c.seed,
+                                                 min_support=c.threshold_min_support)
         self.members = self._fit_members(dataset)
         return self
 
