@@ -28,18 +28,20 @@ FILLER = ["오늘", "받았어요", "그냥", "무난해요", "생각보다", "�
 def _trigger_dataset(n: int = 160, seed: int = 0) -> ReviewDataset:
     """배송 is labeled exactly when the word 택배 appears; its sentiment follows 빨라요 / 늦어요.
 
-    빨라요 / 늦어요 also appear without 택배, so only 택배 predicts the keyword."""
+    빨라요 / 늦어요 also appear without 택배, so only 택배 predicts the keyword. A review without 택배 has one more
+    filler word instead, so length says nothing about the keyword (when 택배 was an extra word, a model could learn
+    "six words: 배송", and the five-word probe below sat on the threshold: 0.50 trained on a CPU, 0.24 on a GPU)."""
     rng = random.Random(seed)
     schema = LabelSchema(["배송", "만족도"], levels=[-1, 0, 1])
     reviews = []
     for i in range(n):
-        words = rng.sample(FILLER, 4)
+        words = rng.sample(FILLER, rng.randint(4, 5))
         labels = {"만족도": 0}
         fast = i % 4 < 2
-        words.insert(rng.randrange(5), "빨라요" if fast else "늦어요")
         if i % 2 == 0:
-            words.insert(rng.randrange(6), "택배")
+            words[rng.randrange(len(words))] = "택배"
             labels["배송"] = 1 if fast else -1
+        words.insert(rng.randrange(len(words) + 1), "빨라요" if fast else "늦어요")
         reviews.append(Review(str(i), " ".join(words), labels))
     return ReviewDataset(reviews, schema, source="trigger")
 

@@ -91,9 +91,13 @@ class ReviewAnalyzer:
         self.levels = list(bundle.schema.levels)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, *, device: str = "cpu", batch_size: int = 64,
+    def from_pretrained(cls, path: str | Path | None = None, *, device: str = "auto", batch_size: int = 64,
                         backend: str | None = None) -> "ReviewAnalyzer":
-        """Load a bundle directory (the default bundle when ``path`` is None)."""
+        """Load a bundle directory (the default bundle when ``path`` is None) onto ``device`` ("auto": the GPU
+        when there is one, ``reviewlens.device.resolve_device``; the ONNX backend runs on the CPU)."""
+        from .device import resolve_device
+
+        device = resolve_device(device)
         bundle = ModelBundle.load(resolve_bundle_path(path))
         backend = backend or bundle.backend
         bundle.check_heads()

@@ -115,12 +115,14 @@ def predictions_from_model(dataset: ReviewDataset, model, indices: Sequence[int]
     return Predictions(keyword_probs, pairs, sentiment, method)
 
 
-def bundle_predictions(dataset: ReviewDataset, model: str | Path | None, *, batch_size: int = 64) -> Predictions:
+def bundle_predictions(dataset: ReviewDataset, model: str | Path | None, *, batch_size: int = 64,
+                       device: str = "auto") -> Predictions:
     """The fast mode: one trained bundle's predictions. A bundle trained on these labels has seen them,
     so it flags fewer errors than out-of-fold training; use it to screen, k-fold to audit."""
     from .selection import BundleSelectionModel
 
-    return predictions_from_model(dataset, BundleSelectionModel.from_pretrained(model, batch_size=batch_size),
+    return predictions_from_model(dataset, BundleSelectionModel.from_pretrained(model, batch_size=batch_size,
+                                                                                   device=device),
                                   method=f"in-sample predictions of bundle {model} (fast mode)")
 
 

@@ -489,11 +489,11 @@ def _build_folder(base: OfflineBase, weights: Path, tokenizer: Path, out: Path) 
 # --------------------------------------------------------------------------- verification
 
 
-def _load_encoder(folder: Path | str):
-    """(tokenizer, model in eval mode) of a built base folder."""
+def _load_encoder(folder: Path | str, device: str = "cpu"):
+    """(tokenizer, model in eval mode on ``device``) of a built base folder."""
     from transformers import AutoModel, AutoTokenizer
 
-    model = AutoModel.from_pretrained(str(folder))
+    model = AutoModel.from_pretrained(str(folder)).to(device)
     model.eval()
     return AutoTokenizer.from_pretrained(str(folder)), model
 
@@ -508,11 +508,12 @@ def _mean_pooled(tok, model, texts: list[str], batch_size: int, max_length: int)
         rows = order[start:start + batch_size]
         batch = tok([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
                     return_tensors="pt")
+        batch = {k: v.to(model.device) for k, v in batch.items()}
         with torch.no_grad():
             hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        out[rows] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
     return out
 
 
@@ -526,15 +527,19 @@ def embed(folder: Path | str, texts: list[str], *, batch_size: int = 64, max_len
 
 
 def offline_embedder(name: str = "multilingual-e5-small", *, prefix: str = "query: ", batch_size: int = 64,
-                     max_length: int = 128) -> Callable[[list[str]], np.ndarray]:
+                     max_length: int = 128, device: str = "auto") -> Callable[[list[str]], np.ndarray]:
     """``texts -> (n, d)`` sentence embeddings of an offline base (prepared on first use, loaded once on the
-    first call), each text prefixed as e5 expects; for ``reviewlens.baselines.EmbeddingFeatures``."""
+    first call, on ``device``: "auto" is the GPU when there is one), each text prefixed as e5 expects; for
+    ``reviewlens.baselines.EmbeddingFeatures``."""
+    from .device import resolve_device
+
     folder = prepare_base(name)
+    device = resolve_device(device)
     loaded: list = []
 
     def embed_texts(texts: list[str]) -> np.ndarray:
         if not loaded:
-            loaded.extend(_load_encoder(folder))
+            loaded.extend(_load_encoder(folder, device))
         return _mean_pooled(*loaded, [prefix + t for t in texts], batch_size, max_length)
 
     return embed_texts

@@ -21,6 +21,8 @@ app.add_typer(base_app, name="base")
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Bundle directory (default: the bundled default model).")
 SeedOpt = typer.Option(42, "--seed", help="Random seed.")
+DeviceOpt = typer.Option("auto", "--device", help="Where the model runs: auto (the GPU when there is one), cpu, "
+                         "cuda, cuda:N.")
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -140,12 +142,13 @@ def evaluate(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Directory for report.json, report.md and "
                                           "confusion.png (default: reviewlens-reports/<data file stem>)."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows"),
+    device: str = DeviceOpt,
 ) -> None:
     """Classification reports for keywords and sentiment, and the pipeline pair F1."""
     from .evaluation import evaluate_bundle
 
     try:
-        result = evaluate_bundle(model, data, skip_bad_rows=skip_bad_rows)
+        result = evaluate_bundle(model, data, skip_bad_rows=skip_bad_rows, device=device)
     except ReviewlensError as exc:
         _fail(exc)
     paths = result.write(output or Path("reviewlens-reports") / data.stem)
@@ -228,6 +231,7 @@ def analyze(
     engine: str = typer.Option("local", "--engine", help="local | ray (reviewlens[ray]: --input is a file, directory "
                                "or glob, --output a directory of Parquet files; reruns skip finished files)."),
     workers: int = typer.Option(2, "--workers", help="Ray actors, each loading the model once (--engine ray)."),
+    device: str = DeviceOpt,
 ) -> None:
     """Keywords, sentiment and highlights of reviews given as arguments or in a file."""
     from tqdm import tqdm
@@ -270,7 +274,7 @@ def analyze(
             ids = None
         else:
             raise ReviewlensError("give reviews as arguments, --input FILE, or on stdin")
-        analyzer = ReviewAnalyzer.from_pretrained(model, batch_size=batch_size)
+        analyzer = ReviewAnalyzer.from_pretrained(model, batch_size=batch_size, device=device)
         results = []
         for start in tqdm(range(0, len(items), chunk_size), desc="analyze", unit="chunk", disable=len(items) <= chunk_size,
                           file=sys.stderr):
@@ -316,6 +320,7 @@ def demo(
     ui: bool = typer.Option(False, "--ui", help="Open the Streamlit demo instead of printing a table."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8501, "--port"),
+    device: str = DeviceOpt,
 ) -> None:
     """Analyse the seed's example reviews with the default (or given) bundle and print a table."""
     if ui:
@@ -329,7 +334,7 @@ def demo(
     from .analyzer import ReviewAnalyzer
 
     try:
-        analyzer = ReviewAnalyzer.from_pretrained(model)
+        analyzer = ReviewAnalyzer.from_pretrained(model, device=device)
         results = analyzer.analyze(SEED_EXAMPLES)
     except ReviewlensError as exc:
         _fail(exc)
@@ -389,6 +394,7 @@ def select_reviews(
                                          "two reviews are near duplicates; 0 turns this off (exact duplicates "
                                          "are always skipped)."),
     batch_size: int = typer.Option(64, "--batch-size"),
+    device: str = DeviceOpt,
     seed: int = SeedOpt,
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows"),
 ) -> None:
@@ -412,7 +418,8 @@ def select_reviews(
             first = read_reviews(first_data, ignore_labels=True).texts if first_data else dataset.texts[:5000]
             spm_model, spm_path = load_or_train_sentencepiece(first, output.parent, vocab_size=vocab_size)
             typer.echo(f"rare-text SentencePiece model: {spm_path}", err=True)
-        context = SelectionContext.from_dataset(dataset, BundleSelectionModel.from_pretrained(model, batch_size=batch_size))
+        context = SelectionContext.from_dataset(dataset, BundleSelectionModel.from_pretrained(
+            model, batch_size=batch_size, device=device))
         chosen = select(context, make_strategy(spec, seed=seed, sentencepiece_model=spm_model, vocab_size=vocab_size,
                                                n_clusters=clusters),
                         n, by=by, exclude_ids=exclude_ids, exclude_texts=exclude_texts,
@@ -474,6 +481,8 @@ def audit(
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs of both fold models."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Keep the fold bundles here (default: a "
                                            "temporary folder, removed)."),
+    device: str = typer.Option("auto", "--device", help="Where --model and the --linear embeddings run: auto (the "
+                               "GPU when there is one), cpu, cuda, cuda:N. Fold training picks the GPU itself."),
     seed: int = SeedOpt,
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows"),
 ) -> None:
@@ -502,13 +511,13 @@ def audit(
         if rules_only:
             pass
         elif model is not None:
-            predictions = bundle_predictions(dataset, model)
+            predictions = bundle_predictions(dataset, model, device=device)
         elif linear:
             embed = None
             if embeddings != "none":
                 from .bases import offline_embedder
 
-                embed = offline_embedder(embeddings)
+                embed = offline_embedder(embeddings, device=device)
             predictions = linear_out_of_fold(dataset, folds=folds or 10, seed=seed, embed=embed)
         else:
             predictions = out_of_fold_predictions(dataset, cfg, folds=folds or 5, seed=seed, workdir=workdir)

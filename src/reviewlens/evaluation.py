@@ -137,13 +137,13 @@ def evaluate_scorer(scorer, dataset: ReviewDataset, thresholds: dict[str, float]
 
 
 def evaluate_bundle(model: str | Path | None, data, *, skip_bad_rows: bool = False,
-                    analyzer=None) -> EvaluationResult:
+                    analyzer=None, device: str = "auto") -> EvaluationResult:
     """Evaluate a bundle directory (or a loaded analyzer) on a labeled file or ReviewDataset."""
     from .analyzer import ReviewAnalyzer
     from .data import read_reviews
     from .errors import ReviewlensError
 
-    analyzer = analyzer or ReviewAnalyzer.from_pretrained(model)
+    analyzer = analyzer or ReviewAnalyzer.from_pretrained(model, device=device)
     schema = analyzer.schema
     if isinstance(data, ReviewDataset):
         dataset = data

@@ -72,10 +72,11 @@ class BundleSelectionModel:
         self.thresholds = dict(analyzer.bundle.thresholds)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None, *, batch_size: int = 64) -> "BundleSelectionModel":
+    def from_pretrained(cls, path: str | Path | None, *, batch_size: int = 64,
+                        device: str = "auto") -> "BundleSelectionModel":
         from .analyzer import ReviewAnalyzer
 
-        analyzer = ReviewAnalyzer.from_pretrained(path, batch_size=batch_size)
+        analyzer = ReviewAnalyzer.from_pretrained(path, batch_size=batch_size, device=device)
         if not hasattr(analyzer, "scorer"):
             raise ModelError(f"{path}: selection needs a classifier bundle (keyword + sentiment models), "
                              "not a generative one")

@@ -1,0 +1,68 @@
+"""Device choice for inference: "auto" picks the GPU when there is one; a GPU that is not there is a clear error.
+
+The last test runs only where torch sees a CUDA GPU: the same bundle must analyse reviews the same on the GPU
+as on the CPU."""
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from reviewlens.cli import app
+from reviewlens.device import resolve_device
+from reviewlens.errors import ReviewlensError
+
+runner = CliRunner()
+
+
+def test_auto_follows_cuda_availability(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device(None) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device(" AUTO ") == "cuda"
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_missing_or_unknown_devices_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ReviewlensError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(ReviewlensError, match="no CUDA GPU"):
+        resolve_device("cuda:0")
+    with pytest.raises(ReviewlensError, match="'gpu0' is not a torch device"):
+        resolve_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(ReviewlensError, match="only 1 CUDA GPU"):
+        resolve_device("cuda:3")
+
+
+def test_cli_device_option(tiny_bundle, monkeypatch):
+    result = runner.invoke(app, ["analyze", "--model", str(tiny_bundle), "--device", "cpu", "--format", "json",
+                                 "배송이 빨라요"])
+    assert result.exit_code == 0, result.output
+    assert "배송이 빨라요" in result.stdout
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for command in (["analyze", "--model", str(tiny_bundle), "--device", "cuda", "배송이 빨라요"],
+                    ["demo", "--model", str(tiny_bundle), "--device", "cuda"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code != 0
+        assert "no CUDA GPU" in result.output, result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_analysis_matches_cpu(tiny_bundle):
+    from reviewlens.analyzer import ReviewAnalyzer
+
+    texts = ["옷은 예쁘지만 배송은 늦어요", "품질이 좀 떨어지지만 가격이 싸니까", "색이 정말 이뻐요"] * 30
+    cpu = ReviewAnalyzer.from_pretrained(tiny_bundle, device="cpu")
+    gpu = ReviewAnalyzer.from_pretrained(tiny_bundle)  # auto
+    assert str(gpu.scorer.device).startswith("cuda")
+    np.testing.assert_allclose(gpu.keyword_probabilities(texts), cpu.keyword_probabilities(texts), atol=1e-4)
+    on_cpu, on_gpu = cpu.analyze(texts), gpu.analyze(texts)
+    assert [r.completion() for r in on_gpu] == [r.completion() for r in on_cpu]
+    for a, b in zip(on_gpu, on_cpu):
+        for ka, kb in zip(a.keywords, b.keywords):
+            assert ka.probability == pytest.approx(kb.probability, abs=1e-4)
+            assert [h.word for h in ka.highlights] == [h.word for h in kb.highlights]
