@@ -66,3 +66,17 @@ def test_gpu_analysis_matches_cpu(tiny_bundle):
         for ka, kb in zip(a.keywords, b.keywords):
             assert ka.probability == pytest.approx(kb.probability, abs=1e-4)
             assert [h.word for h in ka.highlights] == [h.word for h in kb.highlights]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_sentence_embeddings_match_cpu(tiny_base):
+    """The pooling behind ``bases.offline_embedder`` (audit --linear, the active-learning ensemble) on CUDA."""
+    from reviewlens.bases import _load_encoder, _mean_pooled
+
+    texts = ["옷은 예쁘지만 배송은 늦어요", "색이 정말 이뻐요", "가격 대비 소재가 좋아요 길이가 짧아요"] * 5
+    on_cpu = _mean_pooled(*_load_encoder(tiny_base, "cpu"), texts, 4, 64)
+    tok, model = _load_encoder(tiny_base, "cuda")
+    assert model.device.type == "cuda"
+    on_gpu = _mean_pooled(tok, model, texts, 4, 64)
+    assert on_gpu.dtype == np.float32 and on_gpu.shape == on_cpu.shape
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
