@@ -511,6 +511,10 @@ def test_linear_ensemble_predicts_and_serves_selection():
         ensemble.keyword_probs(["배송이 빨라요"])
     ensemble.fit(train)
     assert set(ensemble.thresholds) == set(dataset.schema.keywords)
+    assert len(set(ensemble.thresholds.values())) == 1  # one shared threshold by default
+    per_keyword = LinearEnsemble(dataset.schema, ensemble.tfidf, ensemble.embeddings,
+                                 EnsembleConfig(keyword_alpha=1e-3, sentiment_alpha=1e-3, threshold_min_support=5))
+    assert len(set(per_keyword.fit(train).thresholds.values())) > 1
     assert ensemble.predict(["배송이 빨라요 와 100", "가격이 비싸요 음 101"]) == [{"배송": 1}, {"가격": -1}]
     texts = dataset.texts[:4]
     members = binary_product_of_experts([m.keyword_probs(texts) for m in ensemble.members])

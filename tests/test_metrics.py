@@ -73,6 +73,18 @@ def test_fit_thresholds_low_support_uses_global():
     assert th["b"] == best_threshold(probs.ravel(), truth.ravel())[0]
 
 
+def test_fit_thresholds_without_min_support_shares_the_global_one():
+    rng = np.random.default_rng(1)
+    truth = (rng.uniform(size=(300, 3)) < 0.3).astype(int)
+    low = np.array([[0.5, 0.8, 0.3]])  # positives above, negatives below: each keyword its own best cut
+    probs = np.where(truth == 1, rng.uniform(low, 1.0, truth.shape), rng.uniform(0.0, low - 0.05, truth.shape))
+    global_t = best_threshold(probs.ravel(), truth.ravel())[0]
+    assert fit_thresholds(probs, truth, ["a", "b", "c"], min_support=None) == {"a": global_t, "b": global_t,
+                                                                               "c": global_t}
+    assert fit_thresholds(probs, truth, ["a", "b", "c"], min_support=5) != {"a": global_t, "b": global_t,
+                                                                            "c": global_t}
+
+
 def test_sentiment_report_of_no_pairs_is_all_zero():
     report = sentiment_report([], [], ["-1", "0", "1"])
     assert report["micro"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}

@@ -285,7 +285,7 @@ def keyword_targets(dataset: ReviewDataset, keywords: Sequence[str]) -> np.ndarr
 
 
 def out_of_fold_thresholds(y: np.ndarray, keywords: Sequence[str], probs: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                           *, folds: int, seed: int, min_support: int) -> dict[str, float]:
+                           *, folds: int, seed: int, min_support: int | None) -> dict[str, float]:
     """Per-keyword thresholds (``calibration.fit_thresholds``) on out-of-fold keyword probabilities:
     ``probs(train_idx, test_idx)`` fits on the train rows and scores the test rows. {} under 2 folds."""
     from sklearn.model_selection import KFold
@@ -329,23 +329,29 @@ def binary_product_of_experts(probabilities: Sequence[np.ndarray]) -> np.ndarray
 
 @dataclass
 class EnsembleConfig:
-    """Penalties of ``LinearEnsemble``: those ``reviewlens audit --linear`` chooses on NIKL train by
-    out-of-fold log loss (keywords 3e-5, levels 1e-4, both views)."""
+    """Settings of ``LinearEnsemble``. The penalties are those ``reviewlens audit --linear`` chooses on NIKL
+    train by out-of-fold log loss (keywords 3e-5, levels 1e-4, both views).
+
+    Keywords share one threshold, fitted on the 3-fold out-of-fold probabilities of all keywords together
+    (``threshold_min_support=None``). Per-keyword thresholds from a few hundred reviews are noisy: on NIKL
+    (900 random labels, 3 samples x 3 seeds) they gave dev pipeline F1 0.581 with a spread of 0.017 between
+    seeds of the same sample (standard deviation, at most), one shared threshold 0.590 with 0.006; with 1,500 labels 0.602 and 0.601."""
 
     keyword_alpha: float = 3e-5
     sentiment_alpha: float = 1e-4
     threshold_folds: int = 3
-    threshold_min_support: int = 5
+    threshold_min_support: int | None = None  # an int: per-keyword thresholds for keywords with this support
     seed: int = 0
 
 
 class LinearEnsemble:
     """The quick audit's two linear models as one model: a ``FastReviewModel`` on TF-IDF character n-grams
     (SGD, with keyword x text copies for sentiment) and a linear probe on frozen sentence embeddings
-    (lbfgs), combined by ``product_of_experts``; per-keyword thresholds on 3-fold out-of-fold probabilities
-    of the combination. Same protocol as ``FastReviewModel`` (``reviewlens.selection``, ``predict``);
-    ``embed`` gives the sentence embeddings. Stronger than either model alone: NIKL dev pipeline F1 after
-    1,500 random labels 0.592 against 0.587 for ``FastReviewModel`` (``benchmarks/active_learning.py``).
+    (lbfgs), combined by ``product_of_experts``; keyword thresholds (one shared, by default) on 3-fold
+    out-of-fold probabilities of the combination. Same protocol as ``FastReviewModel``
+    (``reviewlens.selection``, ``predict``); ``embed`` gives the sentence embeddings. Stronger than either
+    model alone: NIKL dev pipeline F1 after 1,500 random labels 0.604 (seeds 0-2) against 0.587 for
+    ``FastReviewModel`` (``benchmarks/active_learning.py``).
     """
 
     def __init__(self, schema: LabelSchema, tfidf: TfidfFeatures, embeddings: EmbeddingFeatures,

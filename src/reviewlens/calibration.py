@@ -33,8 +33,10 @@ def best_threshold(probs: np.ndarray, truth: np.ndarray, candidates: np.ndarray 
     return chosen, float(best)
 
 
-def fit_thresholds(probs: np.ndarray, truth: np.ndarray, keywords: Sequence[str], min_support: int = 5) -> dict[str, float]:
-    """Per-keyword thresholds maximising validation F1; a global one where support is below ``min_support``."""
+def fit_thresholds(probs: np.ndarray, truth: np.ndarray, keywords: Sequence[str],
+                   min_support: int | None = 5) -> dict[str, float]:
+    """Per-keyword thresholds maximising validation F1; a global one where support is below ``min_support``
+    (None: the global one for every keyword, the steadier choice when validation is small)."""
     probs = np.asarray(probs, dtype=float)
     truth = np.asarray(truth).astype(bool)
     if probs.shape != truth.shape or probs.shape[1] != len(keywords):
@@ -42,7 +44,7 @@ def fit_thresholds(probs: np.ndarray, truth: np.ndarray, keywords: Sequence[str]
     global_t = best_threshold(probs.ravel(), truth.ravel())[0] if truth.any() else DEFAULT_THRESHOLD
     thresholds = {}
     for j, keyword in enumerate(keywords):
-        if truth[:, j].sum() >= min_support:
+        if min_support is not None and truth[:, j].sum() >= min_support:
             thresholds[keyword] = best_threshold(probs[:, j], truth[:, j])[0]
         else:
             thresholds[keyword] = global_t
