@@ -6,7 +6,8 @@ trains a model on the labels revealed so far and scores the pipeline (keyword + 
 exactly as ``reviewlens select`` does (de-duplication included).
 
 The model is ``reviewlens.baselines.LinearEnsemble`` (``--model ensemble``: the quick audit's linear models,
-on TF-IDF character n-grams and on frozen multilingual-e5-small sentence embeddings, geometric mean;
+on TF-IDF character n-grams and on frozen multilingual-e5-small sentence embeddings, geometric mean, one
+shared keyword threshold;
 embeddings for the outlier strategy = e5) or ``FastReviewModel`` (``--model fast``: TF-IDF alone;
 embeddings = TruncatedSVD of TF-IDF), NOT the transformer bundle: a transformer per round x strategy x
 seed does not fit in an hour on a shared 2-core CPU. The rare-text SentencePiece model learns from the
@@ -34,13 +35,13 @@ from reviewlens.baselines import (EnsembleConfig, FastModelConfig, FastReviewMod
                                   TfidfFeatures)
 from reviewlens.data import read_reviews  # noqa: E402
 from reviewlens.evaluation import evaluate_predictions  # noqa: E402
-from reviewlens.selection import DEFAULT_STRATEGY, SelectionContext, make_strategy, select  # noqa: E402
+from reviewlens.selection import SEED_MIX, SelectionContext, make_strategy, select  # noqa: E402
 
 NIKL = ROOT.parent / "shared" / "data" / "nikl-absa-2022"
 STRATEGIES = {"random": "random", "keyword-boundary": "keyword-boundary", "keyword-entropy": "keyword-entropy",
               "label-entropy": "label-entropy",
               "sentiment-margin": "sentiment-margin",
-              "rare-text": "rare-text", "outliers": "outliers", "mix": DEFAULT_STRATEGY}
+              "rare-text": "rare-text", "outliers": "outliers", "mix": SEED_MIX}
 
 
 def simulate(pool, dev, spec: str, budgets: list[int], initial: int, seed: int, make_model,
@@ -151,6 +152,21 @@ def main() -> None:
             shown = f"{need:.0f}" if need is not None else f"not reached by {budgets[-1]}"
             ratio = f"{need / budgets[-1]:.2f}" if need is not None else "-"
             print(f"| {name} | {shown} | {ratio} |")
+        others = [name for name in names if name != "random"]
+        marks = [b for b in budgets if b >= 3 * args.initial][::2] or budgets[-1:]
+        if budgets[-1] not in marks:
+            marks.append(budgets[-1])
+        print("\nThe same at other budgets: labels each strategy needs to reach random's F1 at N labels "
+              "(\"-\": not within the budget):\n")
+        print("| N | random F1 | " + " | ".join(others) + " |")
+        print("| ---: | ---: |" + " ---: |" * len(others))
+        for budget in marks:
+            reference = curves["random"][:, budgets.index(budget)].mean()
+            cells = []
+            for name in others:
+                need = labels_to_reach(budgets, curves[name].mean(axis=0), reference)
+                cells.append(f"{need:.0f}" if need is not None else "-")
+            print(f"| {budget} | {reference:.3f} | " + " | ".join(cells) + " |")
 
     from reviewlens.plotting import _pyplot, save_figure
 
