@@ -39,7 +39,7 @@ from reviewlens.selection import SEED_MIX, SelectionContext, make_strategy, sele
 
 NIKL = ROOT.parent / "shared" / "data" / "nikl-absa-2022"
 STRATEGIES = {"random": "random", "keyword-boundary": "keyword-boundary", "keyword-entropy": "keyword-entropy",
-              "label-entropy": "label-entropy",
+              "label-entropy": "label-entropy", "information-density": "information-density",
               "sentiment-margin": "sentiment-margin",
               "rare-text": "rare-text", "outliers": "outliers", "mix": SEED_MIX}
 

@@ -9,8 +9,8 @@ import pytest
 
 from reviewlens.data import read_reviews
 from reviewlens.errors import DataError, ModelError, ReviewlensError
-from reviewlens.selection import (BATCH_COLUMNS, SEED_MIX, BundleSelectionModel, KeywordBoundary, KeywordEntropy,
-                                  Outliers, RandomStrategy, RareText, SelectionContext, SentimentMargin, WeightedMix,
+from reviewlens.selection import (BATCH_COLUMNS, DEFAULT_STRATEGY, SEED_MIX, BundleSelectionModel, KeywordBoundary,
+                                  KeywordEntropy, Outliers, RandomStrategy, RareText, SelectionContext, SentimentMargin, WeightedMix,
                                   largest_remainder, load_or_train_sentencepiece, make_strategy, normalize_text, select,
                                   train_sentencepiece)
 
@@ -78,6 +78,26 @@ def test_label_entropy_adds_the_level_doubt_of_likely_keywords():
     # H(absent, present at v) = H(p) + p * H(levels): 0.9 * ln 2 more for "mixed"
     assert LabelEntropy().score(ctx) == pytest.approx([keyword[0], keyword[1] + 0.9 * np.log(2)], abs=1e-6)
     assert select(ctx, make_strategy("label-entropy"), 1, near_duplicate=None).indices == [1]
+
+
+def test_information_density_weights_doubt_by_typicality():
+    from reviewlens.selection import InformationDensity
+
+    # "typical" and "odd" share their keyword doubt; "odd" lies away from the pool's other reviews
+    probs = {"typical": [0.5, 0.5, 0.02], "odd": [0.5, 0.5, 0.02], "a": [0.02] * 3, "b": [0.02] * 3,
+             "sure": [0.0, 1.0, 0.0]}
+    embeddings = {"typical": [1.0, 0.1], "odd": [0.0, 1.0], "a": [1.0, 0.0], "b": [2.0, 0.3], "sure": [1.0, 0.05]}
+    ctx = SelectionContext(list(probs), FakeModel(probs, embeddings=embeddings))
+    entropy = KeywordEntropy().score(ctx)
+    x = np.array([embeddings[t] for t in probs])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    similarity = x @ x.mean(axis=0)  # each review's mean cosine similarity to the pool
+    assert InformationDensity(beta=2.0).score(ctx) == pytest.approx(entropy * similarity ** 2)
+    assert InformationDensity(beta=0.0).score(ctx) == pytest.approx(entropy)
+    assert select(ctx, make_strategy("information-density"), 1, near_duplicate=None).indices == [0]
+    assert entropy[0] == pytest.approx(entropy[1])  # keyword-entropy alone cannot tell them apart
+    with pytest.raises(ReviewlensError, match="beta"):
+        InformationDensity(beta=-1)
 
 
 def test_sentiment_margin_is_the_seeds_formula_over_predicted_keywords():
@@ -227,6 +247,9 @@ def test_bundle_selection_end_to_end(tiny_bundle, tmp_path):
     schema = model.analyzer.schema
     for row in chosen.rows():
         schema.parse(row["labels"])  # the pre-filled completion reads in the bundle's schema
+    default = select(ctx, make_strategy(DEFAULT_STRATEGY), 6, exclude_ids=pool.ids[:5])  # information-density
+    assert len(default.picks) == 6 and {p.strategy for p in default.picks} == {"information-density"}
+    assert not set(default.indices) & set(range(5))
 
 
 def test_embeddings_need_a_torch_scorer():
