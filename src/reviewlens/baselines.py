@@ -334,8 +334,9 @@ class EnsembleConfig:
 
     Keywords share one threshold, fitted on the 3-fold out-of-fold probabilities of all keywords together
     (``threshold_min_support=None``). Per-keyword thresholds from a few hundred reviews are noisy: on NIKL
-    (900 random labels, 3 samples x 3 seeds) they gave dev pipeline F1 0.581 with a spread of 0.017 between
-    seeds of the same sample (standard deviation, at most), one shared threshold 0.590 with 0.006; with 1,500 labels 0.602 and 0.601."""
+    (900 random labels, 3 samples x 3 seeds) they gave dev pipeline F1 0.581 with a standard deviation of up
+    to 0.017 between seeds of the same sample, one shared threshold 0.590 with at most 0.006; with 1,500
+    labels 0.602 and 0.601."""
 
     keyword_alpha: float = 3e-5
     sentiment_alpha: float = 1e-4

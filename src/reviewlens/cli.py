@@ -380,8 +380,9 @@ def select_reviews(
     n: int = typer.Option(500, "--n", help="How many reviews to select."),
     strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="information-density (default, the "
                                            "best on NIKL), keyword-entropy, label-entropy, keyword-boundary, "
-                                           "sentiment-margin, rare-text, outliers, random, or a weighted mix such as the seed's 'keyword-boundary:"
-                                           "0.5,sentiment-margin:0.2,rare-text:0.1,outliers:0.1,random:0.1'."),
+                                           "sentiment-margin, rare-text, outliers, random, or a weighted mix such "
+                                           "as the seed's 'keyword-boundary:0.5,sentiment-margin:0.2,rare-text:0.1,"
+                                           "outliers:0.1,random:0.1'."),
     by: Optional[str] = typer.Option(None, "--by", help="shop | category: quotas in proportion to the pool."),
     exclude: Optional[list[Path]] = typer.Option(None, "--exclude", help="Already labeled data (repeatable): its "
                                                  "ids and texts, and near duplicates of them, are never selected."),
