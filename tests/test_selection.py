@@ -10,9 +10,9 @@ import pytest
 from reviewlens.data import read_reviews
 from reviewlens.errors import DataError, ModelError, ReviewlensError
 from reviewlens.selection import (BATCH_COLUMNS, DEFAULT_STRATEGY, SEED_MIX, BundleSelectionModel, KeywordBoundary,
-                                  KeywordEntropy, Outliers, RandomStrategy, RareText, SelectionContext, SentimentMargin, WeightedMix,
-                                  largest_remainder, load_or_train_sentencepiece, make_strategy, normalize_text, select,
-                                  train_sentencepiece)
+                                  KeywordEntropy, Outliers, RandomStrategy, RareText, SelectionContext,
+                                  SentimentMargin, WeightedMix, largest_remainder, load_or_train_sentencepiece,
+                                  make_strategy, normalize_text, select, train_sentencepiece)
 
 from conftest import EXAMPLES
 

@@ -345,6 +345,12 @@ class LabelEntropy(QueryStrategy):
         return out
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` with each row scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, dtype=float)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 class InformationDensity(QueryStrategy):
     """``keyword-entropy`` weighted by how typical a review is: ``H(x) * sim(x)^beta``, where ``sim(x)`` is the
     review's mean cosine similarity to the whole pool in the model's embeddings (Settles & Craven's information
@@ -365,8 +371,7 @@ class InformationDensity(QueryStrategy):
         entropy = KeywordEntropy().score(context)
         if not len(entropy) or self.beta == 0:
             return entropy
-        x = np.asarray(context.embeddings, dtype=float)
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x = unit_rows(context.embeddings)
         similarity = np.clip(x @ x.mean(axis=0), 1e-6, None)  # mean cosine similarity to the pool (self included)
         return entropy * similarity ** self.beta
 
@@ -504,7 +509,7 @@ class Outliers(QueryStrategy):
         n = len(x)
         if n < 3:
             return np.zeros(n)
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x = unit_rows(x)
         k = self.n_clusters or int(np.clip(round(np.sqrt(n / 2)), 2, 50))
         k = max(1, min(k, n - 1))
         km = KMeans(n_clusters=k, n_init=3, random_state=self.seed).fit(x)
