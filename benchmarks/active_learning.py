@@ -6,10 +6,10 @@ trains a model on the labels revealed so far and scores the pipeline (keyword + 
 exactly as ``reviewlens select`` does (de-duplication included).
 
 The model is ``reviewlens.baselines.LinearEnsemble`` (``--model ensemble``: the quick audit's linear models,
-on TF-IDF character n-grams and on frozen multilingual-e5-small sentence embeddings, geometric mean, one
-shared keyword threshold;
-embeddings for the outlier strategy = e5) or ``FastReviewModel`` (``--model fast``: TF-IDF alone;
-embeddings = TruncatedSVD of TF-IDF), NOT the transformer bundle: a transformer per round x strategy x
+on TF-IDF character n-grams and on frozen multilingual-e5-small sentence embeddings, geometric mean,
+Platt-recalibrated, every review keeping its most probable keyword, one keyword threshold chosen by expected
+F1 on the pool; embeddings for the outlier strategy = e5) or ``FastReviewModel`` (``--model fast``: TF-IDF
+alone; embeddings = TruncatedSVD of TF-IDF), NOT the transformer bundle: a transformer per round x strategy x
 seed does not fit in an hour on a shared 2-core CPU. The rare-text SentencePiece model learns from the
 pool's texts (the `select` default when no --first-data is given).
 
@@ -44,14 +44,14 @@ STRATEGIES = {"random": "random", "keyword-boundary": "keyword-boundary", "keywo
               "rare-text": "rare-text", "outliers": "outliers", "mix": SEED_MIX}
 
 
-def simulate(pool, dev, spec: str, budgets: list[int], initial: int, seed: int, make_model,
+def simulate(pool, dev, spec: str, budgets: list[int], initial: int, seed: int, train,
              text_cache: dict) -> list[tuple[int, float, float]]:
-    """(labels, pipeline F1, category F1) after each round of one strategy and seed; ``make_model(seed)``
-    gives an unfitted model."""
+    """(labels, pipeline F1, category F1) after each round of one strategy and seed; ``train(seed, dataset)``
+    gives a model fitted on ``dataset``."""
     rng = np.random.default_rng(seed)
     labeled = [int(i) for i in rng.choice(len(pool), initial, replace=False)]
     curve = []
-    model = make_model(seed).fit(pool.subset(labeled))
+    model = train(seed, pool.subset(labeled))
     for budget in budgets:
         if budget > len(labeled):  # a round: the current model picks the next reviews, then retrains
             context = SelectionContext.from_dataset(pool, model, text_cache=text_cache)
@@ -59,7 +59,7 @@ def simulate(pool, dev, spec: str, budgets: list[int], initial: int, seed: int, 
             chosen = select(context, strategy, budget - len(labeled), exclude_ids=[pool.ids[i] for i in labeled],
                             seed=seed + budget)
             labeled += chosen.indices
-            model = make_model(seed).fit(pool.subset(labeled))
+            model = train(seed, pool.subset(labeled))
         result = evaluate_predictions(dev, model.predict(dev.texts))
         curve.append((len(labeled), result["pipeline"]["f1"], result["pipeline"]["category"]["f1"]))
     return curve
@@ -108,12 +108,14 @@ def main() -> None:
 
         embeddings = EmbeddingFeatures(pool.texts + dev.texts, offline_embedder(args.embeddings))
 
-        def make_model(seed: int):
-            return LinearEnsemble(pool.schema, features, embeddings, EnsembleConfig(seed=seed))
-        model_name = f"LinearEnsemble (TF-IDF char 1-3-grams + {args.embeddings} embeddings, geometric mean)"
+        def train(seed: int, labeled):  # the keyword threshold: by expected F1 on the whole pool
+            return LinearEnsemble(pool.schema, features, embeddings, EnsembleConfig(seed=seed)).fit(
+                labeled, population=pool.texts)
+        model_name = (f"LinearEnsemble (TF-IDF char 1-3-grams + {args.embeddings} embeddings, geometric mean, "
+                      "Platt-calibrated, threshold by expected F1 on the pool)")
     else:
-        def make_model(seed: int):
-            return FastReviewModel(pool.schema, FastModelConfig(), features=features)  # seed 0, as measured before
+        def train(seed: int, labeled):  # seed 0, as measured before
+            return FastReviewModel(pool.schema, FastModelConfig(), features=features).fit(labeled)
         model_name = "FastReviewModel (TF-IDF char 1-3-grams + SGD logistic regressions)"
     text_cache: dict = {}
     budgets = list(range(args.initial, args.budget + 1, args.step))
@@ -125,7 +127,7 @@ def main() -> None:
         runs = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             t0 = time.time()
-            runs.append(simulate(pool, dev, STRATEGIES[name], budgets, args.initial, seed, make_model, text_cache))
+            runs.append(simulate(pool, dev, STRATEGIES[name], budgets, args.initial, seed, train, text_cache))
             print(f"  {name:17s} seed {seed}: F1 {runs[-1][-1][1]:.3f} at {budgets[-1]} labels "
                   f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
         curves[name] = np.array([[f1 for _, f1, _ in run] for run in runs])  # (seeds, budgets)

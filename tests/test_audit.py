@@ -518,8 +518,32 @@ def test_linear_ensemble_predicts_and_serves_selection():
     assert ensemble.predict(["배송이 빨라요 와 100", "가격이 비싸요 음 101"]) == [{"배송": 1}, {"가격": -1}]
     texts = dataset.texts[:4]
     members = binary_product_of_experts([m.keyword_probs(texts) for m in ensemble.members])
-    assert np.allclose(ensemble.keyword_probs(texts), members)
+    assert np.allclose(ensemble.keyword_probs(texts), ensemble.calibration(members))  # one monotone map
+    assert (ensemble.keyword_probs(texts).argmax(axis=1) == members.argmax(axis=1)).all()
     assert ensemble.embed(texts).shape == (4, 256)
+    assert ensemble.at_least_one  # every training review has a keyword
+    mute = "ㅁㅁㅁ"  # no keyword evidence at all: still gets the most probable keyword
+    assert ensemble.keyword_probs([mute]).max() < ensemble.thresholds["배송"]
+    assert len(ensemble.predict([mute])[0]) == 1
+    free = LinearEnsemble(dataset.schema, ensemble.tfidf, ensemble.embeddings,
+                          EnsembleConfig(keyword_alpha=1e-3, sentiment_alpha=1e-3, at_least_one=False)).fit(train)
+    assert free.predict([mute]) == [{}]
     chosen = select(SelectionContext.from_dataset(dataset, ensemble), "keyword-entropy", 5,
                     exclude_ids=[r.id for r in train.reviews[:40]])
     assert len(chosen.indices) == 5 and not set(chosen.indices) & set(range(2, 42))
+
+
+def test_linear_ensemble_threshold_by_expected_f1_on_a_population():
+    from reviewlens.baselines import EmbeddingFeatures, EnsembleConfig, LinearEnsemble, TfidfFeatures
+    from reviewlens.calibration import expected_f1_threshold
+
+    dataset = _synthetic_reviews()
+    train = dataset.subset(range(2, 60))
+    config = EnsembleConfig(keyword_alpha=1e-3, sentiment_alpha=1e-3)
+    tfidf, embeddings = TfidfFeatures(dataset.texts), EmbeddingFeatures(dataset.texts, _char_embed)
+    population = dataset.texts[60:] + ["ㅁㅁㅁ"] * 40  # a different mix than the labeled reviews
+    model = LinearEnsemble(dataset.schema, tfidf, embeddings, config).fit(train, population=population)
+    shared = expected_f1_threshold(model.keyword_probs(population), at_least_one=True)
+    assert model.thresholds == {k: shared for k in dataset.schema.keywords}
+    labeled_only = LinearEnsemble(dataset.schema, tfidf, embeddings, config).fit(train)
+    assert len(set(labeled_only.thresholds.values())) == 1

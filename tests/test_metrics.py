@@ -89,3 +89,58 @@ def test_sentiment_report_of_no_pairs_is_all_zero():
     report = sentiment_report([], [], ["-1", "0", "1"])
     assert report["micro"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert report["macro"]["f1"] == 0.0 and report["-1"]["support"] == 0
+
+
+def test_decode_at_least_one_keeps_the_most_probable_keyword():
+    from reviewlens.calibration import decode
+
+    probs = np.array([[0.1, 0.3, 0.2], [0.9, 0.8, 0.1], [np.nan, np.nan, np.nan]])
+    plain = decode(probs, 0.5)
+    assert plain.tolist() == [[False, False, False], [True, True, False], [False, False, False]]
+    forced = decode(probs, 0.5, at_least_one=True)
+    assert forced.tolist() == [[False, True, False], [True, True, False], [False, False, False]]  # NaN: unscored
+    assert apply_thresholds(probs, ["a", "b", "c"], {"a": 0.5, "b": 0.5, "c": 0.5}, at_least_one=True).tolist() \
+        == forced.tolist()
+
+
+def test_fit_thresholds_at_least_one_fits_the_threshold_for_the_extra_keywords():
+    # the first keyword is always right and always the most probable, at a low 0.2; a second, at 0.15, is
+    # right one time in four. Plain decoding must go down to 0.2 to keep the first; forced decoding keeps
+    # it anyway, so its threshold only has to leave the second out (every cut above 0.15 ties: 0.5)
+    probs = np.tile([[0.2, 0.15]], (8, 1))
+    truth = np.zeros((8, 2), dtype=bool)
+    truth[:, 0] = True
+    truth[:2, 1] = True
+    plain = fit_thresholds(probs, truth, ["a", "b"], None)
+    forced = fit_thresholds(probs, truth, ["a", "b"], None, at_least_one=True)
+    assert plain == {"a": 0.2, "b": 0.2}
+    assert forced == {"a": 0.5, "b": 0.5}
+    unsure = np.array([[0.1, 0.05]])
+    assert apply_thresholds(unsure, ["a", "b"], plain).tolist() == [[False, False]]
+    assert apply_thresholds(unsure, ["a", "b"], forced, at_least_one=True).tolist() == [[True, False]]
+
+
+def test_expected_f1_threshold_is_the_plug_in_optimum():
+    from reviewlens.calibration import expected_f1_threshold
+
+    # calibrated 0.4s: predicting them gives expected F1 0.8 / (1.4 + 0.05) ~ 0.55, leaving them out 0
+    probs = np.array([[0.4, 0.05]] * 10)
+    assert expected_f1_threshold(probs) == 0.4
+    # near-certain keywords: any threshold between the two groups ties, the one closest to 0.5 wins
+    assert expected_f1_threshold(np.array([[0.99, 0.01]] * 10)) == 0.5
+    assert expected_f1_threshold(np.full((0, 2), np.nan)) == 0.5
+
+
+def test_platt_scaling_recalibrates_overconfident_probabilities():
+    from reviewlens.calibration import PlattScaling, logit
+
+    rng = np.random.default_rng(0)
+    true_p = rng.uniform(0.05, 0.95, size=(4000, 2))
+    truth = rng.random(true_p.shape) < true_p
+    overconfident = 1.0 / (1.0 + np.exp(-2.0 * logit(true_p)))
+    platt = PlattScaling.fit(overconfident, truth)
+    assert 0.4 < platt.a < 0.6 and abs(platt.b) < 0.1
+    assert np.abs(platt(overconfident) - true_p).max() < 0.05
+    same = PlattScaling.fit(overconfident, np.ones_like(truth))  # one class only: identity
+    assert np.allclose(same(overconfident), overconfident)
+    assert np.isnan(platt(np.array([np.nan]))).all()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .calibration import PlattScaling
 from .data import ReviewDataset
 from .errors import ReviewlensError
 
@@ -252,9 +253,7 @@ def platt_calibrated(dataset: ReviewDataset, predictions: Predictions) -> Predic
         labels = given[scored, j]
         if min(labels.sum(), (~labels).sum()) < 2:
             continue
-        p = np.clip(keyword_probs[scored, j], 1e-9, 1 - 1e-9)
-        logit = (np.log(p) - np.log1p(-p))[:, None]
-        keyword_probs[scored, j] = LogisticRegression().fit(logit, labels).predict_proba(logit)[:, 1]
+        keyword_probs[scored, j] = PlattScaling.fit(keyword_probs[scored, j], labels)(keyword_probs[scored, j])
     sentiment_probs = predictions.sentiment_probs.copy()
     if predictions.pairs:
         levels = given_levels(dataset, predictions.pairs)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .calibration import apply_thresholds, fit_thresholds
+from .calibration import PlattScaling, apply_thresholds, expected_f1_threshold, fit_thresholds
 from .data import ReviewDataset
 from .schema import LabelSchema
 
@@ -284,26 +284,35 @@ def keyword_targets(dataset: ReviewDataset, keywords: Sequence[str]) -> np.ndarr
     return y
 
 
-def out_of_fold_thresholds(y: np.ndarray, keywords: Sequence[str], probs: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                           *, folds: int, seed: int, min_support: int | None) -> dict[str, float]:
-    """Per-keyword thresholds (``calibration.fit_thresholds``) on out-of-fold keyword probabilities:
-    ``probs(train_idx, test_idx)`` fits on the train rows and scores the test rows. {} under 2 folds."""
+def out_of_fold_probs(y: np.ndarray, probs: Callable[[np.ndarray, np.ndarray], np.ndarray], *, folds: int,
+                      seed: int) -> np.ndarray | None:
+    """(n, K) out-of-fold keyword probabilities: ``probs(train_idx, test_idx)`` fits on the train rows and
+    scores the test rows. None under 2 folds."""
     from sklearn.model_selection import KFold
 
     folds = min(folds, y.shape[0])
     if folds < 2:
-        return {}
+        return None
     oof = np.zeros(y.shape, dtype=float)
     for train_idx, test_idx in KFold(folds, shuffle=True, random_state=seed).split(y):
         oof[test_idx] = probs(train_idx, test_idx)
-    return fit_thresholds(oof, y, keywords, min_support)
+    return oof
+
+
+def out_of_fold_thresholds(y: np.ndarray, keywords: Sequence[str], probs: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                           *, folds: int, seed: int, min_support: int | None) -> dict[str, float]:
+    """Per-keyword thresholds (``calibration.fit_thresholds``) on ``out_of_fold_probs``. {} under 2 folds."""
+    oof = out_of_fold_probs(y, probs, folds=folds, seed=seed)
+    return {} if oof is None else fit_thresholds(oof, y, keywords, min_support)
 
 
 def predict_labels(model, texts: Sequence[str]) -> list[dict[str, int]]:
     """``{keyword: level}`` per text from a selection model (``keywords``, ``levels``, ``thresholds``,
-    ``keyword_probs``, ``sentiment_probs``): keywords above their thresholds, the most probable level of each."""
+    ``keyword_probs``, ``sentiment_probs``): keywords above their thresholds (and the most probable one when
+    the model has ``at_least_one`` set), the most probable level of each."""
     texts = list(texts)
-    chosen = apply_thresholds(model.keyword_probs(texts), model.keywords, model.thresholds)
+    chosen = apply_thresholds(model.keyword_probs(texts), model.keywords, model.thresholds,
+                              at_least_one=getattr(model, "at_least_one", False))
     pairs = [(i, model.keywords[k]) for i in range(len(texts)) for k in np.flatnonzero(chosen[i])]
     out: list[dict[str, int]] = [{} for _ in texts]
     if pairs:
@@ -332,24 +341,29 @@ class EnsembleConfig:
     """Settings of ``LinearEnsemble``. The penalties are those ``reviewlens audit --linear`` chooses on NIKL
     train by out-of-fold log loss (keywords 3e-5, levels 1e-4, both views).
 
-    Keywords share one threshold, fitted on the 3-fold out-of-fold probabilities of all keywords together
-    (``threshold_min_support=None``). Per-keyword thresholds from a few hundred reviews are noisy: on NIKL
-    (900 random labels, 3 samples x 3 seeds) they gave dev pipeline F1 0.581 with a standard deviation of up
-    to 0.017 between seeds of the same sample, one shared threshold 0.590 with at most 0.006; with 1,500
-    labels 0.602 and 0.601."""
+    Keyword probabilities are recalibrated by one Platt map fitted on 3-fold out-of-fold probabilities, and
+    keywords share one threshold (``threshold_min_support=None``): per-keyword thresholds from a few hundred
+    reviews are noisy (on NIKL, 900 random labels, 3 samples x 3 seeds: dev pipeline F1 0.581 with a standard
+    deviation of up to 0.017 between seeds, one shared threshold 0.590 with at most 0.006). ``fit(...,
+    population=texts)`` chooses that threshold by expected F1 on the given texts instead of on the labeled
+    ones (``calibration.expected_f1_threshold``).
+
+    ``at_least_one``: every review keeps its most probable keyword; None turns it on when every training review
+    has a keyword (NIKL: every sentence has an aspect, 94% exactly one)."""
 
     keyword_alpha: float = 3e-5
     sentiment_alpha: float = 1e-4
     threshold_folds: int = 3
     threshold_min_support: int | None = None  # an int: per-keyword thresholds for keywords with this support
+    at_least_one: bool | None = None
     seed: int = 0
 
 
 class LinearEnsemble:
     """The quick audit's two linear models as one model: a ``FastReviewModel`` on TF-IDF character n-grams
     (SGD, with keyword x text copies for sentiment) and a linear probe on frozen sentence embeddings
-    (lbfgs), combined by ``product_of_experts``; keyword thresholds (one shared, by default) on 3-fold
-    out-of-fold probabilities of the combination. Same protocol as ``FastReviewModel``
+    (lbfgs), combined by ``product_of_experts`` and recalibrated (``PlattScaling`` on 3-fold out-of-fold
+    probabilities); one shared keyword threshold. Same protocol as ``FastReviewModel``
     (``reviewlens.selection``, ``predict``); ``embed`` gives the sentence embeddings. Stronger than either
     model alone: NIKL dev pipeline F1 after 1,500 random labels 0.604 (seeds 0-2) against 0.587 for
     ``FastReviewModel`` (``benchmarks/active_learning.py``).
@@ -362,6 +376,8 @@ class LinearEnsemble:
         self.keywords = list(schema.keywords)
         self.levels = list(schema.levels)
         self.thresholds: dict[str, float] = {}
+        self.at_least_one = False
+        self.calibration = PlattScaling()
         self.tfidf, self.embeddings = tfidf, embeddings
         self.members: list[FastReviewModel] = []
 
@@ -373,24 +389,35 @@ class LinearEnsemble:
         return [FastReviewModel(self.schema, config, features=features).fit(dataset)
                 for features, config in ((self.tfidf, tfidf), (self.embeddings, probe))]
 
-    def fit(self, dataset: ReviewDataset) -> "LinearEnsemble":
+    def fit(self, dataset: ReviewDataset, population: Sequence[str] | None = None) -> "LinearEnsemble":
+        """Train on the labeled reviews. ``population``: texts like those the model will label (in active
+        learning, the whole pool); the shared keyword threshold then maximises the expected F1 on them."""
         def probs(train_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
             texts = [dataset.texts[i] for i in test_idx]
             return binary_product_of_experts([m.keyword_probs(texts)
                                               for m in self._fit_members(dataset.subset(train_idx))])
 
         c = self.config
-        self.thresholds = out_of_fold_thresholds(keyword_targets(dataset, self.keywords), self.keywords, probs,
-                                                 folds=c.threshold_folds, seed=c.seed,
-                                                 min_support=c.threshold_min_support)
+        y = keyword_targets(dataset, self.keywords)
+        self.at_least_one = bool(len(y) and y.any(axis=1).all()) if c.at_least_one is None else c.at_least_one
+        oof = out_of_fold_probs(y, probs, folds=c.threshold_folds, seed=c.seed)
+        self.calibration = PlattScaling() if oof is None else PlattScaling.fit(oof, y)
         self.members = self._fit_members(dataset)
+        if population is not None and len(population):
+            shared = expected_f1_threshold(self.keyword_probs(list(population)), at_least_one=self.at_least_one)
+            self.thresholds = {k: shared for k in self.keywords}
+        elif oof is not None:
+            self.thresholds = fit_thresholds(self.calibration(oof), y, self.keywords, c.threshold_min_support,
+                                             at_least_one=self.at_least_one)
+        else:
+            self.thresholds = {}
         return self
 
     def keyword_probs(self, texts: Sequence[str]) -> np.ndarray:
         """(n, K) probability of each keyword."""
         if not self.members:
             raise RuntimeError("LinearEnsemble.fit must be called first")
-        return binary_product_of_experts([m.keyword_probs(texts) for m in self.members])
+        return self.calibration(binary_product_of_experts([m.keyword_probs(texts) for m in self.members]))
 
     def sentiment_probs(self, texts: Sequence[str], keywords: Sequence[str]) -> np.ndarray:
         """(n, L) distribution over the levels for each (text, keyword) pair."""
