@@ -356,9 +356,9 @@ class InformationDensity(QueryStrategy):
     review's mean cosine similarity to the whole pool in the model's embeddings (Settles & Craven's information
     density). For L2-normalised vectors that mean is the dot product with the pool's mean vector, so it costs one
     pass. Pure uncertainty keeps picking odd, ambiguous reviews once the clear ones are learned; the density keeps
-    it on reviews like many others. On NIKL (``benchmarks/active_learning.py``, 6 seeds) it matched
-    keyword-entropy up to 900 labels (0.598) and kept gaining after, where keyword-entropy flattens: random's
-    F1 at 1,500 labels took it 1,168 on both seed sets. The default of ``reviewlens select``."""
+    it on reviews like many others. On NIKL (``benchmarks/active_learning.py``, 6 seeds) it reached random
+    sampling's F1 at 1,500 labels with 895 / 996 labels (keyword-entropy: 1,029 / 1,065); beta 4 was chosen on
+    seeds 0-2 and held on 3-5. The default of ``reviewlens select``."""
 
     name = "information-density"
 
@@ -587,8 +587,8 @@ STRATEGIES = {
 # The seed's practice, several sources of doubt and novelty with quotas; ``reviewlens select --strategy`` takes it.
 SEED_MIX = "keyword-boundary:0.5,sentiment-margin:0.2,rare-text:0.1,outliers:0.1,random:0.1"
 # The default is the strategy that measured best: on NIKL (``benchmarks/active_learning.py``, 6 seeds)
-# information-density reached random sampling's F1 at 1,500 labels with 1,168 (keyword-entropy: 1,497 or not at all)
-# and at 900 with 590-660 (keyword-entropy 550-600, the seed's mix about 920).
+# information-density reached random sampling's F1 at 1,500 labels with 895 / 996 (keyword-entropy: 1,029 / 1,065,
+# the seed's mix 1,296 / 1,332).
 DEFAULT_STRATEGY = "information-density"
 
 
