@@ -365,7 +365,7 @@ class LinearEnsemble:
     (lbfgs), combined by ``product_of_experts`` and recalibrated (``PlattScaling`` on 3-fold out-of-fold
     probabilities); one shared keyword threshold. Same protocol as ``FastReviewModel``
     (``reviewlens.selection``, ``predict``); ``embed`` gives the sentence embeddings. Stronger than either
-    model alone: NIKL dev pipeline F1 after 1,500 random labels 0.604 (seeds 0-2) against 0.587 for
+    model alone: NIKL dev pipeline F1 after 1,500 random labels 0.606 (seeds 0-2) against 0.587 for
     ``FastReviewModel`` (``benchmarks/active_learning.py``).
     """
 

@@ -16,22 +16,25 @@ DEFAULT_THRESHOLD = 0.5
 CANDIDATES = np.round(np.arange(0.05, 0.951, 0.025), 3)
 
 
-def _f1_at(probs: np.ndarray, truth: np.ndarray, threshold: float) -> float:
-    pred = probs >= threshold
-    tp = float(np.sum(pred & truth))
-    fp = float(np.sum(pred & ~truth))
-    fn = float(np.sum(~pred & truth))
+def _f1(tp: float, fp: float, fn: float) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
-def best_threshold(probs: np.ndarray, truth: np.ndarray, candidates: np.ndarray = CANDIDATES) -> tuple[float, float]:
+def _micro_f1(pred: np.ndarray, truth: np.ndarray) -> float:
+    return _f1(float(np.sum(pred & truth)), float(np.sum(pred & ~truth)), float(np.sum(~pred & truth)))
+
+
+def _best_candidate(scores: np.ndarray) -> float:
+    """The candidate threshold with the best score; ties go to the one closest to 0.5."""
+    ties = CANDIDATES[np.isclose(scores, scores.max())]
+    return float(ties[np.argmin(np.abs(ties - DEFAULT_THRESHOLD))])
+
+
+def best_threshold(probs: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """The threshold with the best F1 (ties go to the threshold closest to 0.5) and that F1."""
     truth = truth.astype(bool)
-    scores = np.array([_f1_at(probs, truth, t) for t in candidates])
-    best = scores.max()
-    ties = candidates[np.isclose(scores, best)]
-    chosen = float(ties[np.argmin(np.abs(ties - DEFAULT_THRESHOLD))])
-    return chosen, float(best)
+    scores = np.array([_micro_f1(probs >= t, truth) for t in CANDIDATES])
+    return _best_candidate(scores), float(scores.max())
 
 
 def fit_thresholds(probs: np.ndarray, truth: np.ndarray, keywords: Sequence[str],
@@ -47,8 +50,8 @@ def fit_thresholds(probs: np.ndarray, truth: np.ndarray, keywords: Sequence[str]
     if not truth.any():
         global_t = DEFAULT_THRESHOLD
     elif at_least_one:
-        scores = np.array([_micro_f1(decode(probs, t, at_least_one=True), truth) for t in CANDIDATES])
-        global_t = _closest_to_default(CANDIDATES[np.isclose(scores, scores.max())])
+        global_t = _best_candidate(np.array([_micro_f1(decode(probs, t, at_least_one=True), truth)
+                                             for t in CANDIDATES]))
     else:
         global_t = best_threshold(probs.ravel(), truth.ravel())[0]
     thresholds = {}
@@ -75,19 +78,8 @@ def expected_f1_threshold(probs: np.ndarray, *, at_least_one: bool = False) -> f
     scores = []
     for t in CANDIDATES:
         chosen = decode(probs, t, at_least_one=at_least_one)
-        tp, fp, fn = probs[chosen].sum(), (1.0 - probs[chosen]).sum(), probs[~chosen].sum()
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    scores = np.array(scores)
-    return _closest_to_default(CANDIDATES[np.isclose(scores, scores.max())])
-
-
-def _closest_to_default(ties: np.ndarray) -> float:
-    return float(ties[np.argmin(np.abs(ties - DEFAULT_THRESHOLD))])
-
-
-def _micro_f1(pred: np.ndarray, truth: np.ndarray) -> float:
-    tp = float(np.sum(pred & truth))
-    return 2 * tp / (2 * tp + float(np.sum(pred & ~truth)) + float(np.sum(~pred & truth))) if tp else 0.0
+        scores.append(_f1(probs[chosen].sum(), (1.0 - probs[chosen]).sum(), probs[~chosen].sum()))
+    return _best_candidate(np.array(scores))
 
 
 def decode(probs: np.ndarray, cut, *, at_least_one: bool = False) -> np.ndarray:
