@@ -85,6 +85,9 @@ def main() -> None:
     parser.add_argument("--model", choices=["ensemble", "fast"], default="ensemble",
                         help="LinearEnsemble (TF-IDF + e5 embeddings) or FastReviewModel (TF-IDF)")
     parser.add_argument("--embeddings", default="multilingual-e5-small", help="offline base of --model ensemble")
+    parser.add_argument("--embedding-cache", default=str(ROOT / "runs" / "embeddings"),
+                        help="folder of the sentence-embedding cache (one .npz per base; reruns skip the "
+                             "encoder); 'none': embed every run")
     parser.add_argument("--initial", type=int, default=100)
     parser.add_argument("--step", type=int, default=100)
     parser.add_argument("--budget", type=int, default=1500)
@@ -103,10 +106,13 @@ def main() -> None:
     pool.schema = dev.schema  # keywords only dev has count as misses
     features = TfidfFeatures(pool.texts + dev.texts, FastModelConfig())
     if args.model == "ensemble":
-        from reviewlens.baselines import EmbeddingFeatures
+        from reviewlens.baselines import EmbeddingFeatures, cached_embedder
         from reviewlens.bases import offline_embedder
 
-        embeddings = EmbeddingFeatures(pool.texts + dev.texts, offline_embedder(args.embeddings))
+        encoder = offline_embedder(args.embeddings)
+        if args.embedding_cache != "none":
+            encoder = cached_embedder(encoder, Path(args.embedding_cache) / f"{args.embeddings}.npz")
+        embeddings = EmbeddingFeatures(pool.texts + dev.texts, encoder)
 
         def train(seed: int, labeled):  # the keyword threshold: by expected F1 on the whole pool
             return LinearEnsemble(pool.schema, features, embeddings, EnsembleConfig(seed=seed)).fit(

@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--embeddings", default="multilingual-e5-small",
                         help="offline base whose sentence embeddings feed the second linear model; 'none': TF-IDF only")
+    parser.add_argument("--embedding-cache", default=str(ROOT / "runs" / "embeddings"),
+                        help="folder of the sentence-embedding cache (one .npz per base; reruns skip the "
+                             "encoder); 'none': embed every run")
     parser.add_argument("--seeds", type=int, default=3, help="noise injections")
     parser.add_argument("--first-seed", type=int, default=0, help="seed of the first noise injection")
     parser.add_argument("--show", type=int, default=20, help="suspected original labels to list")
@@ -99,10 +102,13 @@ def main() -> None:
     clean = ReviewDataset([r for r in clean.reviews if r.labels], clean.schema, clean.source)
     embed = None  # one EmbeddingFeatures for all runs: the noisy copies share the clean texts
     if args.embeddings != "none":
-        from reviewlens.baselines import EmbeddingFeatures
+        from reviewlens.baselines import EmbeddingFeatures, cached_embedder
         from reviewlens.bases import offline_embedder
 
-        embed = EmbeddingFeatures(clean.texts, offline_embedder(args.embeddings))
+        encoder = offline_embedder(args.embeddings)
+        if args.embedding_cache != "none":
+            encoder = cached_embedder(encoder, Path(args.embedding_cache) / f"{args.embeddings}.npz")
+        embed = EmbeddingFeatures(clean.texts, encoder)
     n_top = round(args.top * len(clean))
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):

@@ -392,6 +392,30 @@ def test_embedding_features_and_the_lbfgs_solver():
         FastReviewModel(dataset.schema, FastModelConfig(solver="adam"), features=features).fit(dataset)
 
 
+def test_cached_embedder_embeds_each_text_once_across_runs(tmp_path):
+    from reviewlens.baselines import cached_embedder
+
+    calls = []
+
+    def encoder(texts):
+        calls.append(list(texts))
+        return _char_embed(texts)
+
+    path = tmp_path / "cache" / "e5.npz"
+    first = cached_embedder(encoder, path)
+    assert np.allclose(first(["배송 빨라요", "가격 비싸요", "배송 빨라요"]),
+                       _char_embed(["배송 빨라요", "가격 비싸요", "배송 빨라요"]))
+    assert calls == [["배송 빨라요", "가격 비싸요"]] and path.exists()
+    second = cached_embedder(encoder, path)  # a new run: the file answers, only the new text is embedded
+    assert np.allclose(second(["가격 비싸요", "새 리뷰"]), _char_embed(["가격 비싸요", "새 리뷰"]))
+    assert calls[1:] == [["새 리뷰"]]
+    assert np.allclose(cached_embedder(encoder, path)(["새 리뷰"]), _char_embed(["새 리뷰"])) and len(calls) == 2
+    assert not [p for p in path.parent.iterdir() if p.name != "e5.npz"]  # no temp file left behind
+    path.write_bytes(b"not an npz")
+    with pytest.raises(ReviewlensError, match="e5.npz: not an embedding cache"):
+        cached_embedder(encoder, path)
+
+
 def test_log_loss_prefers_the_model_that_agrees_with_the_labels():
     dataset, predictions = _toy()
     worse = Predictions(1.0 - predictions.keyword_probs, predictions.pairs, predictions.sentiment_probs[:, ::-1])

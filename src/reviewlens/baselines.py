@@ -12,14 +12,19 @@ NIKL they match liblinear's F1 at a thirtieth of the CPU time.
 
 from __future__ import annotations
 
+import io
+import os
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from .calibration import PlattScaling, apply_thresholds, expected_f1_threshold, fit_thresholds
-from .data import ReviewDataset
+from .data import ReviewDataset, atomic_write_bytes
+from .errors import ReviewlensError
 from .schema import LabelSchema
 
 
@@ -120,6 +125,39 @@ class EmbeddingFeatures:
         from scipy import sparse
 
         return sparse.csr_matrix(self.embed(texts))
+
+
+def cached_embedder(embed: Callable[[list[str]], np.ndarray], path: str | os.PathLike
+                    ) -> Callable[[list[str]], np.ndarray]:
+    """``embed`` with a cache on disk, for benchmarks that embed the same corpus on every run.
+
+    ``path`` is an ``.npz`` of ``texts`` and their ``vectors``; texts found there are not embedded again, and
+    after a call that embeds new texts the file is rewritten atomically (a killed run leaves the old one).
+    The cache knows nothing of the encoder: name the file after it, and delete it when the encoder changes.
+    """
+    path = Path(path)
+    store: dict[str, np.ndarray] = {}
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                store = dict(zip(saved["texts"].tolist(), saved["vectors"]))
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ReviewlensError(f"{path}: not an embedding cache ({exc}); delete it to embed again") from exc
+
+    def embed_cached(texts: list[str]) -> np.ndarray:
+        texts = list(texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in store]
+        if missing:
+            vectors = np.asarray(embed(missing), dtype=np.float32).reshape(len(missing), -1)
+            store.update(zip(missing, vectors))
+            buffer = io.BytesIO()
+            np.savez(buffer, texts=np.array(list(store), dtype=str), vectors=np.stack(list(store.values())))
+            atomic_write_bytes(path, buffer.getvalue())
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([store[t] for t in texts])
+
+    return embed_cached
 
 
 def _fit_logistic(config: FastModelConfig, x, y):
