@@ -1,7 +1,9 @@
 """Device choice for inference: "auto" picks the GPU when there is one; a GPU that is not there is a clear error.
 
-The last test runs only where torch sees a CUDA GPU: the same bundle must analyse reviews the same on the GPU
-as on the CPU."""
+The two GPU tests run only where torch sees a CUDA GPU: the same bundle must analyse reviews the same on the GPU
+as on the CPU, and the offline base must embed the same."""
+
+import time
 
 import numpy as np
 import pytest
@@ -45,7 +47,8 @@ def test_cli_device_option(tiny_bundle, monkeypatch):
     assert "배송이 빨라요" in result.stdout
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for command in (["analyze", "--model", str(tiny_bundle), "--device", "cuda", "배송이 빨라요"],
-                    ["demo", "--model", str(tiny_bundle), "--device", "cuda"]):
+                    ["demo", "--model", str(tiny_bundle), "--device", "cuda"],
+                    ["serve", "--model", str(tiny_bundle), "--device", "cuda"]):  # refused before uvicorn starts
         result = runner.invoke(app, command)
         assert result.exit_code != 0
         assert "no CUDA GPU" in result.output, result.output
@@ -80,3 +83,29 @@ def test_gpu_sentence_embeddings_match_cpu(tiny_base):
     on_gpu = _mean_pooled(tok, model, texts, 4, 64)
     assert on_gpu.dtype == np.float32 and on_gpu.shape == on_cpu.shape
     np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
+
+
+def test_the_api_loads_its_bundle_on_the_chosen_device(tiny_bundle, monkeypatch):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from reviewlens.analyzer import ReviewAnalyzer
+    from reviewlens.serve.api import create_app
+
+    real, devices = ReviewAnalyzer.from_pretrained, []
+
+    def recording_load(path, **kwargs):
+        devices.append(kwargs.get("device"))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(ReviewAnalyzer, "from_pretrained", staticmethod(recording_load))
+    with TestClient(create_app(tiny_bundle, device="cpu")) as http:
+        deadline = time.monotonic() + 60
+        while http.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the model did not load in 60 s"
+            time.sleep(0.1)
+        assert http.post("/v1/analyze", json={"reviews": ["배송이 빨라요"]}).status_code == 200
+    assert devices == ["cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ReviewlensError, match="no CUDA GPU"):  # at once, not in the background load
+        create_app(tiny_bundle, device="cuda")

@@ -94,6 +94,7 @@ def test_information_density_weights_doubt_by_typicality():
     similarity = x @ x.mean(axis=0)  # each review's mean cosine similarity to the pool
     assert InformationDensity(beta=2.0).score(ctx) == pytest.approx(entropy * similarity ** 2)
     assert InformationDensity(beta=0.0).score(ctx) == pytest.approx(entropy)
+    assert InformationDensity().score(ctx) == pytest.approx(entropy * similarity ** 6)  # the default power
     assert select(ctx, make_strategy("information-density"), 1, near_duplicate=None).indices == [0]
     assert entropy[0] == pytest.approx(entropy[1])  # keyword-entropy alone cannot tell them apart
     with pytest.raises(ReviewlensError, match="beta"):

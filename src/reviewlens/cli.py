@@ -358,6 +358,7 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per worker (default: one per "
                                           "core; 1 on a shared box or with several workers)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    device: str = DeviceOpt,
 ) -> None:
     """Serve a bundle over HTTP: POST /v1/analyze, GET /v1/schema, /healthz, /readyz, /docs (FastAPI)."""
     try:
@@ -365,7 +366,8 @@ def serve(
 
         config = ServeConfig(model=str(model) if model is not None else None, max_reviews=max_reviews,
                              max_chars=max_chars, batch_wait_ms=batch_wait_ms, max_batch=max_batch,
-                             batching=batching, scorer_batch_size=batch_size, torch_threads=threads)
+                             batching=batching, scorer_batch_size=batch_size, torch_threads=threads,
+                             device=device)
         run_server(config, host=host, port=port, workers=workers, log_level=log_level)
     except ReviewlensError as exc:
         _fail(exc)

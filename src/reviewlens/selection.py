@@ -362,7 +362,7 @@ class InformationDensity(QueryStrategy):
 
     name = "information-density"
 
-    def __init__(self, beta: float = 4.0) -> None:
+    def __init__(self, beta: float = 6.0) -> None:
         if beta < 0:
             raise ReviewlensError(f"information-density: beta must be >= 0, not {beta}")
         self.beta = beta

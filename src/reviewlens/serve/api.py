@@ -56,6 +56,8 @@ class ServeConfig:
     torch_threads: int | None = None
     """torch intra-op threads (None: torch's default, one per core). 1 is best on a box shared with other work,
     or with several ``--workers``."""
+    device: str = "auto"
+    """Where the model runs: "auto" (the GPU when there is one), "cpu", "cuda", "cuda:1" ..."""
 
     def __post_init__(self) -> None:
         for name in ("max_reviews", "max_chars", "max_batch", "scorer_batch_size"):
@@ -309,11 +311,12 @@ def _fail_job(job: _Job, exc: BaseException) -> None:
 class ModelSlot:
     """The bundle's manifest (read at once) and its analyzer (loaded once, in the background)."""
 
-    def __init__(self, model: Any, batch_size: int = 64) -> None:
+    def __init__(self, model: Any, batch_size: int = 64, device: str = "auto") -> None:
         from ..analyzer import ReviewAnalyzer
         from ..bundle import ModelBundle, resolve_bundle_path
 
         self.batch_size = batch_size
+        self.device = device
         self.error: str | None = None
         if isinstance(model, (str, os.PathLike)) or model is None:
             self.path = resolve_bundle_path(model)
@@ -335,7 +338,7 @@ class ModelSlot:
         from ..analyzer import ReviewAnalyzer
 
         try:
-            self.analyzer = ReviewAnalyzer.from_pretrained(self.path, batch_size=self.batch_size)
+            self.analyzer = ReviewAnalyzer.from_pretrained(self.path, batch_size=self.batch_size, device=self.device)
             logger.info("model %s loaded", self.path)
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
@@ -438,17 +441,20 @@ def _field_name(loc: Sequence) -> str:
 
 def create_app(model: str | os.PathLike | Any | None = None, *, max_reviews: int = 64, max_chars: int = 2000,
                batch_wait_ms: float = 5.0, max_batch: int = 64, batching: bool = True,
-               scorer_batch_size: int = 64, torch_threads: int | None = None) -> FastAPI:
+               scorer_batch_size: int = 64, torch_threads: int | None = None, device: str = "auto") -> FastAPI:
     """The FastAPI app serving one bundle: ``model`` is a bundle directory (None: the default) or a loaded
-    ``ReviewAnalyzer``. A path's manifest is checked at once and its weights load in the background at startup."""
+    ``ReviewAnalyzer``. A path's manifest and ``device`` are checked at once; the weights load in the background
+    at startup, on ``device`` (a loaded analyzer stays where it is)."""
+    from ..device import resolve_device
+
     config = ServeConfig(model=None, max_reviews=max_reviews, max_chars=max_chars, batch_wait_ms=batch_wait_ms,
                          max_batch=max_batch, batching=batching, scorer_batch_size=scorer_batch_size,
-                         torch_threads=torch_threads)
+                         torch_threads=torch_threads, device=resolve_device(device))
     if torch_threads is not None:
         import torch
 
         torch.set_num_threads(torch_threads)
-    slot = ModelSlot(model, batch_size=config.scorer_batch_size)
+    slot = ModelSlot(model, batch_size=config.scorer_batch_size, device=config.device)
     runner = MicroBatcher(slot.analyze, max_batch=config.max_batch, wait_ms=config.batch_wait_ms) \
         if config.batching else SerialRunner(slot.analyze)
 
@@ -569,19 +575,23 @@ def app_from_env() -> FastAPI:
     config = ServeConfig.from_env()
     return create_app(config.model, max_reviews=config.max_reviews, max_chars=config.max_chars,
                       batch_wait_ms=config.batch_wait_ms, max_batch=config.max_batch, batching=config.batching,
-                      scorer_batch_size=config.scorer_batch_size, torch_threads=config.torch_threads)
+                      scorer_batch_size=config.scorer_batch_size, torch_threads=config.torch_threads,
+                      device=config.device)
 
 
 def run_server(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
                log_level: str = "info") -> None:
-    """Check the bundle, then serve it with uvicorn (``workers`` processes, each loading the model once)."""
+    """Check the bundle and the device, then serve it with uvicorn (``workers`` processes, each loading the
+    model once)."""
     from ..bundle import ModelBundle, resolve_bundle_path
+    from ..device import resolve_device
 
     uvicorn = require("uvicorn", "serve")
     if workers < 1:
         raise ReviewlensError(f"--workers must be at least 1, not {workers}")
     path = resolve_bundle_path(config.model).resolve()
     ModelBundle.load(path)  # a wrong --model fails here, with the fix, rather than in every worker
+    config.device = resolve_device(config.device)  # so does a --device that is not here
     config.model = str(path)
     os.environ[CONFIG_ENV] = config.to_env()
     # keep-alive longer than uvicorn's 5 s default: a pooled client connection that sat idle a few seconds would
