@@ -81,7 +81,7 @@ def test_label_entropy_adds_the_level_doubt_of_likely_keywords():
 
 
 def test_information_density_weights_doubt_by_typicality():
-    from reviewlens.selection import InformationDensity
+    from reviewlens.selection import InformationDensity, typicality
 
     # "typical" and "odd" share their keyword doubt; "odd" lies away from the pool's other reviews
     probs = {"typical": [0.5, 0.5, 0.02], "odd": [0.5, 0.5, 0.02], "a": [0.02] * 3, "b": [0.02] * 3,
@@ -91,14 +91,37 @@ def test_information_density_weights_doubt_by_typicality():
     entropy = KeywordEntropy().score(ctx)
     x = np.array([embeddings[t] for t in probs])
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    similarity = x @ x.mean(axis=0)  # each review's mean cosine similarity to the pool
-    assert InformationDensity(beta=2.0).score(ctx) == pytest.approx(entropy * similarity ** 2)
-    assert InformationDensity(beta=0.0).score(ctx) == pytest.approx(entropy)
-    assert InformationDensity().score(ctx) == pytest.approx(entropy * similarity ** 6)  # the default power
+    log_similarity = np.log(np.clip(x @ x.mean(axis=0), 1e-6, None))  # each review's mean cosine similarity
+    z = (log_similarity - log_similarity.mean()) / log_similarity.std()
+    assert typicality(x * 3.0) == pytest.approx(z)  # in SDs of the pool, whatever the vectors' length
+    assert InformationDensity(strength=0.5).score(ctx) == pytest.approx(entropy * np.exp(0.5 * z))
+    assert InformationDensity(strength=0.0).score(ctx) == pytest.approx(entropy)
+    assert InformationDensity().score(ctx) == pytest.approx(entropy * np.exp(0.072 * z))  # the default
     assert select(ctx, make_strategy("information-density"), 1, near_duplicate=None).indices == [0]
     assert entropy[0] == pytest.approx(entropy[1])  # keyword-entropy alone cannot tell them apart
-    with pytest.raises(ReviewlensError, match="beta"):
-        InformationDensity(beta=-1)
+    with pytest.raises(ReviewlensError, match="strength"):
+        InformationDensity(strength=-1)
+
+
+def test_typicality_is_the_same_for_any_spread_of_similarities():
+    from reviewlens.selection import typicality
+
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(40, 16))
+    common = np.zeros(16)
+    common[0] = 1.0
+    # two encoders: one spreads the reviews widely, the other packs them near a common direction
+    wide, packed = directions + 2.0 * common, directions + 8.0 * common
+
+    def log_similarity_spread(x):
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return np.log(x @ x.mean(axis=0)).std()
+
+    assert log_similarity_spread(wide) > 5 * log_similarity_spread(packed)  # a raw power would mean different things
+    for z in (typicality(wide), typicality(packed)):  # in SDs of its own pool, the weight means the same in both
+        assert z.std() == pytest.approx(1.0) and z.mean() == pytest.approx(0.0, abs=1e-9)
+    assert np.array_equal(typicality(np.ones((3, 4))), np.zeros(3))  # no spread: no weight
+    assert typicality(np.zeros((0, 4))).shape == (0,)
 
 
 def test_sentiment_margin_is_the_seeds_formula_over_predicted_keywords():
