@@ -376,8 +376,8 @@ class InformationDensity(QueryStrategy):
     than another of equal doubt scores ``exp(strength)`` times as much.
 
     On NIKL (``benchmarks/active_learning.py``, seeds 0-2 / 3-5 / 6-8 / 9-11) it reached random sampling's F1 at
-    1,500 labels with 813 / 916 / 796 / 714 labels, 810 on the mean of the twelve seeds (keyword-entropy: 1,029 /
-    1,065 / 986 / 950, 1,008). The default strength, 0.072, is power 6.02 on those e5 embeddings (SD 0.012); power
+    1,500 labels with 813 / 916 / 796 / 714 labels, 808 on the mean of the twelve seeds (keyword-entropy: 1,029 /
+    1,065 / 986 / 950, 1,003). The default strength, 0.072, is power 6.02 on those e5 embeddings (SD 0.012); power
     6 was chosen on seeds 0-8 (900-label F1, mean: power 4 0.606, 6 0.610, 8 0.606) and held on 9-11. With the default bundle's encoder (SD 0.039) as the
     density space the same strength gave 0.595 / 0.594 at 900 labels on seeds 3-5 / 6-8, and power 6 itself
     0.587 / 0.585. The default of ``reviewlens select``."""
