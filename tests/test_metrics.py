@@ -143,4 +143,6 @@ def test_platt_scaling_recalibrates_overconfident_probabilities():
     assert np.abs(platt(overconfident) - true_p).max() < 0.05
     same = PlattScaling.fit(overconfident, np.ones_like(truth))  # one class only: identity
     assert np.allclose(same(overconfident), overconfident)
+    edges = np.array([0.0, 1.0, np.nan])
+    assert np.array_equal(same(edges), edges, equal_nan=True)  # the identity leaves probabilities exactly as they are
     assert np.isnan(platt(np.array([np.nan]))).all()

@@ -248,12 +248,8 @@ def platt_calibrated(dataset: ReviewDataset, predictions: Predictions) -> Predic
 
     given = given_keywords(dataset)
     keyword_probs = predictions.keyword_probs.copy()
-    for j in range(keyword_probs.shape[1]):
-        scored = ~np.isnan(keyword_probs[:, j])
-        labels = given[scored, j]
-        if min(labels.sum(), (~labels).sum()) < 2:
-            continue
-        keyword_probs[scored, j] = PlattScaling.fit(keyword_probs[scored, j], labels)(keyword_probs[scored, j])
+    for j in range(keyword_probs.shape[1]):  # PlattScaling skips NaN rows, and too few labels leave p as it is
+        keyword_probs[:, j] = PlattScaling.fit(keyword_probs[:, j], given[:, j])(keyword_probs[:, j])
     sentiment_probs = predictions.sentiment_probs.copy()
     if predictions.pairs:
         levels = given_levels(dataset, predictions.pairs)

@@ -124,6 +124,9 @@ class PlattScaling:
         return cls(float(model.coef_[0, 0]), float(model.intercept_[0]))
 
     def __call__(self, probs: np.ndarray) -> np.ndarray:
+        """The mapped probabilities; the identity map (unfitted, or too few labels) returns them unchanged."""
+        if self.a == 1.0 and self.b == 0.0:
+            return np.array(probs, dtype=float)
         with np.errstate(invalid="ignore"):
             return 1.0 / (1.0 + np.exp(-(self.a * logit(probs) + self.b)))
 
